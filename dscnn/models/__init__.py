@@ -1,0 +1,3 @@
+"""Registry models; importing this package registers every entrypoint."""
+
+from dscnn.models import repvgg  # noqa: F401

@@ -1,0 +1,80 @@
+"""The registry contract, run on every model (SPEC sections 0 and 3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dscnn
+from tests.contracts import assert_deploy_equivalent
+
+ALL_MODELS = dscnn.list_models()
+
+
+def _small(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return dscnn.create_model(name, num_classes=10, resolution=32)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_backward(name: str) -> None:
+    model = _small(name)
+    model.train()
+    x = torch.randn(2, 3, 32, 32)
+    y = model(x)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reaches {missing[:5]}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_deploy_equivalence(name: str, dtype: torch.dtype) -> None:
+    assert_deploy_equivalent(_small(name), torch.randn(2, 3, 32, 32), dtype)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_interface(name: str) -> None:
+    model = _small(name).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        logits = model.forward_head(model.forward_features(x))
+        assert torch.allclose(logits, model(x))
+    model.reset_classifier(7)
+    assert model.get_classifier().out_features == 7 and model.config.num_classes == 7
+    assert model(x).shape == (1, 7)
+
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match="unknown model 'nope'.*repvgg_a0"):
+        dscnn.create_model("nope")
+
+
+def test_unknown_override_is_named() -> None:
+    with pytest.raises(ValueError, match="no field.*widthz"):
+        dscnn.create_model("repvgg_a0", widthz=3)
+
+
+def test_duplicate_registration_refused() -> None:
+    def repvgg_a0() -> None: ...
+
+    with pytest.raises(ValueError, match="already registered"):
+        dscnn.register_model(repvgg_a0)  # type: ignore[arg-type]
+
+
+# Official deploy params and fvcore MACs at 224 with 1000 classes (SPEC section 3).
+REFERENCE_COUNTS = {
+    "repvgg_a0": (8_309_384, 1_361_513_728),
+    "repvgg_a1": (12_789_864, 2_364_030_208),
+    "repvgg_b0": (14_339_048, 3_057_663_232),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_COUNTS))
+def test_reference_counts(name: str) -> None:
+    params, macs = REFERENCE_COUNTS[name]
+    deployed = dscnn.reparameterize_model(dscnn.create_model(name))
+    assert dscnn.count_params(deployed) == params
+    if macs is not None:
+        assert dscnn.count_macs(deployed, 224) == macs
