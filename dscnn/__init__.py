@@ -12,3 +12,13 @@ __all__ = [
     "count_macs", "count_params", "create_model", "deploy_copy", "is_deploy_form", "list_models",
     "load_checkpoint", "register_model", "reparameterize_model", "save_checkpoint",
 ]
+
+# Deployment cost measurement (latency protocol, on-disk cache, the one cost function).
+from dscnn.cost import DeployCost, measure_deploy_cost  # noqa: E402
+from dscnn.latency import LatencyResult, LatencySettings, NoisyMeasurementWarning, measure_latency_ms  # noqa: E402
+from dscnn.measure_cache import MeasureCache  # noqa: E402
+
+__all__ += [
+    "DeployCost", "LatencyResult", "LatencySettings", "MeasureCache", "NoisyMeasurementWarning",
+    "measure_deploy_cost", "measure_latency_ms",
+]

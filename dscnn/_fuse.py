@@ -121,3 +121,32 @@ def conv_from_branch(template: nn.Conv2d, branch: Branch) -> nn.Conv2d:
 
 def _centred_padding(size: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, int]:
     return dilation[0] * (size[0] // 2), dilation[1] * (size[1] // 2)
+
+
+def scale_branch(branch: Branch, scale: Tensor | float) -> Branch:
+    """Multiply a branch's output by ``scale`` (a scalar or one factor per output channel).
+
+    A per-channel layer scale (or a subtraction, with ``scale=-1``) applied after a linear branch
+    is the same as scaling that branch's kernel rows and bias.
+    """
+    kernel, bias = branch
+    if isinstance(scale, Tensor):
+        scale = scale.reshape(-1)
+        if scale.numel() != kernel.shape[0]:
+            raise ValueError(f"scale has {scale.numel()} entries for {kernel.shape[0]} output channels")
+        return kernel * scale.reshape(-1, 1, 1, 1), bias * scale
+    return kernel * scale, bias * scale
+
+
+def concat_branches(branches: Sequence[Branch], size: tuple[int, int] | None = None) -> Branch:
+    """Stack branches acting on consecutive channel groups (a mixed-kernel depthwise conv) into one.
+
+    Each kernel is padded, centred, to ``size`` (default: the largest) and the kernels and biases are
+    concatenated along the output channel axis; valid for depthwise/grouped kernels, whose input
+    slice follows the output channel.
+    """
+    if not branches:
+        raise ValueError("no branches to concatenate")
+    size = size or largest_kernel_size(k for k, _ in branches)
+    kernel = torch.cat([pad_kernel(k, size) for k, _ in branches])
+    return kernel, torch.cat([b for _, b in branches])

@@ -1,3 +1,7 @@
 """Registry models; importing this package registers every entrypoint."""
 
+from dscnn.models import dscnn as dscnn_models  # noqa: F401
+from dscnn.models import falconnet  # noqa: F401
+from dscnn.models import fasternet  # noqa: F401
 from dscnn.models import repvgg  # noqa: F401
+from dscnn.models import resnet_cifar  # noqa: F401

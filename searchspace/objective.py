@@ -1,0 +1,151 @@
+"""The trial objective: cost first (measured deploy latency, MACs), training only when feasible.
+
+Single-objective studies maximise validation accuracy with the budget as a hard constraint
+(`Trial.set_constraint`); an infeasible trial is pruned before any training, which TPE still
+learns from. Pareto studies (accuracy up, latency down) cannot prune per epoch in Optuna 5, and
+NSGA-II / GP ignore pruned trials, so an infeasible trial is completed with a penalty instead
+(accuracy 0, its measured latency, ``feasible = False``): it is never COMPLETE with a real score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+import dscnn
+from dscnn.config import ArchConfig
+from searchspace.baselines import get_baseline
+from searchspace.progress import SearchProgress
+from searchspace.space import sample
+from searchspace.storage import mark_worker
+
+BASELINE_ATTR = "baseline"
+INFEASIBLE_ACCURACY = 0.0  # the penalty a Pareto study completes an over-budget trial with
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    """What the cost-first step records for one architecture (deploy form)."""
+
+    latency_ms: float
+    latency_spread_ms: float
+    macs: int
+    params_train: int
+    params_deploy: int
+    device: str
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    space: str  # name in searchspace.space.SPACES
+    num_classes: int
+    resolution: int
+    budget_ms: float | None  # hard latency budget on the deploy form; None = unconstrained
+    budget_macs: float | None  # hard deploy-MACs budget; None = unconstrained
+    pareto: bool  # multi-objective (accuracy, latency) instead of constrained accuracy
+    epochs: int
+    checkpoint_dir: Path  # one checkpoint per trained trial: trial_NNNN.pt
+
+
+MeasureCost = Callable[[nn.Module], TrialCost]
+TrainModel = Callable[[nn.Module, Callable[[int, float], None]], float]
+
+
+class SearchObjective:
+    """Callable for `study.optimize`; dependencies are injected so tests can stub them."""
+
+    def __init__(
+        self, settings: ObjectiveSettings, measure_cost: MeasureCost, train_model: TrainModel,
+        progress: SearchProgress | None = None,
+    ) -> None:
+        self.settings = settings
+        self.measure_cost = measure_cost
+        self.train_model = train_model
+        self.progress = progress or SearchProgress(enabled=False)
+        self.trained_trials = 0  # how many trials reached training in this process
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        mark_worker(trial)
+        config = self.config_for(trial)
+        trial.set_user_attr("family", config.family)
+        trial.set_user_attr("arch", config.to_json())
+        trial.set_user_attr("epochs", self.settings.epochs)
+        self.progress.phase(trial.number, "measure")
+        model = dscnn.build_model(config)
+        cost = self.measure_cost(model)
+        feasible = self._record_cost(trial, cost)
+        if not feasible:
+            if self.settings.pareto:
+                return INFEASIBLE_ACCURACY, cost.latency_ms
+            raise optuna.TrialPruned(f"over budget: {cost.latency_ms:.3f} ms, {cost.macs / 1e6:.1f} MMACs")
+        self.trained_trials += 1
+        accuracy = self._train(trial, model)
+        self._save(trial, model, config, accuracy, cost)
+        return (accuracy, cost.latency_ms) if self.settings.pareto else accuracy
+
+    def config_for(self, trial: optuna.Trial) -> ArchConfig:
+        """The baseline's config for an enqueued baseline trial, else a sample from the space."""
+        s = self.settings
+        label = trial.user_attrs.get(BASELINE_ATTR)
+        if label:
+            return get_baseline(label).config(num_classes=s.num_classes, resolution=s.resolution)
+        return sample(trial, s.space, num_classes=s.num_classes, resolution=s.resolution)
+
+    def _record_cost(self, trial: optuna.Trial, cost: TrialCost) -> bool:
+        attrs: dict[str, Any] = {
+            "latency_ms": cost.latency_ms, "latency_spread_ms": cost.latency_spread_ms, "macs": cost.macs,
+            "flops": cost.macs, "params_train": cost.params_train, "params_deploy": cost.params_deploy,
+            "device": cost.device,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        violations = []
+        if self.settings.budget_ms is not None:
+            violations.append(("latency_ms", cost.latency_ms - self.settings.budget_ms))
+        if self.settings.budget_macs is not None:
+            # in GMACs so both constraints have comparable magnitudes for TPE's infeasibility score
+            violations.append(("gmacs", (cost.macs - self.settings.budget_macs) / 1e9))
+        for key, value in violations:
+            trial.set_constraint(key, value)
+        feasible = all(v <= 0 for _, v in violations)
+        trial.set_user_attr("feasible", feasible)
+        return feasible
+
+    def _train(self, trial: optuna.Trial, model: nn.Module) -> float:
+        def on_epoch(epoch: int, accuracy: float) -> None:
+            self.progress.phase(trial.number, f"train epoch {epoch + 1}/{self.settings.epochs}", accuracy)
+            if math.isnan(accuracy):
+                raise ValueError("validation accuracy is NaN")
+            if self.settings.pareto:
+                return  # Optuna 5 cannot report/prune per step in multi-objective studies
+            trial.report(accuracy, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} at accuracy {accuracy:.4f}")
+
+        try:
+            accuracy = self.train_model(model, on_epoch)
+        except (optuna.TrialPruned, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        self.progress.phase(trial.number, "evaluate", accuracy)
+        trial.set_user_attr("accuracy", accuracy)
+        return accuracy
+
+    def _save(self, trial: optuna.Trial, model: nn.Module, config: ArchConfig, accuracy: float, cost: TrialCost) -> None:
+        path = self.settings.checkpoint_dir / f"trial_{trial.number:04d}.pt"
+        metrics = {"accuracy": accuracy, "latency_ms": cost.latency_ms, "macs": cost.macs, "trial": trial.number}
+        dscnn.save_checkpoint(path, model.cpu(), metrics=metrics)
+        trial.set_user_attr("checkpoint", str(path))
+
+
+#: Exceptions that fail one trial (state FAIL, reason recorded) while the study goes on.
+TRIAL_FAILURES: tuple[type[BaseException], ...] = (ValueError, RuntimeError, torch.cuda.OutOfMemoryError)

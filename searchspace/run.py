@@ -1,0 +1,178 @@
+"""Run a latency-budgeted search: the study, its storage, the trials, and the outputs under ``out``.
+
+`run_search(SearchConfig)` is the library entry point; ``search.py`` only parses flags into a
+`SearchConfig`. ``trials`` is the study's total: running the same command again resumes (finishes
+the remaining trials, never restarts or duplicates finished ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from rich.console import Console
+
+import dscnn
+from dscnn.cost import measure_deploy_cost
+from dscnn.latency import LatencySettings
+from dscnn.measure_cache import MeasureCache
+from searchspace import report
+from searchspace.baselines import BASELINES
+from searchspace.data import DataConfig, ImageDataset, load_dataset
+from searchspace.objective import BASELINE_ATTR, ObjectiveSettings, SearchObjective, TrialCost
+from searchspace.progress import SearchProgress
+from searchspace.space import get_space
+from searchspace.storage import fail_orphaned_trials, open_storage
+from searchspace.train import TrainConfig, TrainingDiverged, train_and_evaluate
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search needs; written to ``<out>/search_config.json`` beside the results."""
+
+    study_name: str = "repnas"  # Optuna study name inside the storage
+    storage: str = "studies.db"  # journal file path, or an RDB URL (sqlite:///..., postgresql://...)
+    out: str = ""  # output folder; "" = runs/<study_name>
+    space: str = "full"  # search space name (searchspace.space.SPACES)
+    budget_ms: float | None = None  # hard latency budget of the deploy form, ms; None = none
+    budget_macs: float | None = None  # hard deploy-MACs budget; None = none
+    trials: int = 20  # total trials in the study (baselines included)
+    timeout_s: float | None = None  # stop starting new trials after this many seconds
+    seed: int = 0  # sampler seed
+    pareto: bool = False  # multi-objective (accuracy up, latency down) instead of constrained accuracy
+    baselines: tuple[str, ...] = tuple(BASELINES)  # hand-designed models enqueued first
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    cache_path: str | None = None  # latency cache file; None = the default cache location
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.study_name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    study_name: str
+    out_dir: Path
+    finished_trials: int
+    trained_trials: int  # trials of this run that reached training
+    best: report.TrialRow | None
+    pareto: list[report.TrialRow]
+
+
+def run_search(config: SearchConfig, *, console: Console | None = None, show_progress: bool = True) -> SearchResult:
+    """Run (or resume) the study described by ``config`` and write its outputs."""
+    console = console or Console()
+    get_space(config.space)  # fail fast on an unknown space, before loading data
+    out = config.out_dir
+    (out / "trials").mkdir(parents=True, exist_ok=True)
+    (out / "search_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    data = load_dataset(config.data)
+    study = _open_study(config)
+    orphans = fail_orphaned_trials(study)
+    if orphans:
+        console.log(f"marked trials {orphans} FAIL: their worker process is gone")
+    if not study.trials:
+        for label in config.baselines:
+            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: label}, skip_if_exists=False)
+    remaining = config.trials - len(study.get_trials(deepcopy=False, states=FINISHED))
+    objective = _objective(config, data, out)
+    if remaining <= 0:
+        console.log(f"study {config.study_name!r} already has {config.trials} finished trials; raise --trials to add more")
+    else:
+        with SearchProgress(config.trials, enabled=show_progress, console=console) as progress:
+            objective.progress = progress
+            progress.trial_finished(config.trials - remaining, _best_value(study))
+            study.optimize(
+                objective, n_trials=remaining, timeout=config.timeout_s,
+                catch=(TrainingDiverged, torch.cuda.OutOfMemoryError),
+                callbacks=[lambda s, _t: progress.trial_finished(
+                    min(config.trials, len(s.get_trials(deepcopy=False, states=FINISHED))), _best_value(s))],
+            )
+    return _write_outputs(config, study, objective.trained_trials, console)
+
+
+def _open_study(config: SearchConfig) -> optuna.Study:
+    sampler: optuna.samplers.BaseSampler
+    if config.pareto:
+        sampler = optuna.samplers.NSGAIISampler(seed=config.seed)
+        directions = ["maximize", "minimize"]
+        pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    else:
+        sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(5, len(config.baselines)))
+        directions = ["maximize"]
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    study = optuna.create_study(
+        study_name=config.study_name, storage=open_storage(config.storage), sampler=sampler,
+        pruner=pruner, directions=directions, load_if_exists=True,
+    )
+    if [d.name.lower() for d in study.directions] != directions:
+        raise ValueError(
+            f"study {config.study_name!r} in {config.storage!r} was created "
+            f"{'without' if config.pareto else 'with'} --pareto; use another --study-name"
+        )
+    return study
+
+
+def _objective(config: SearchConfig, data: ImageDataset, out: Path) -> SearchObjective:
+    settings = ObjectiveSettings(
+        space=config.space, num_classes=data.num_classes, resolution=config.data.resolution or data.resolution,
+        budget_ms=config.budget_ms, budget_macs=config.budget_macs, pareto=config.pareto,
+        epochs=config.train.epochs, checkpoint_dir=out / "trials",
+    )
+    cache = MeasureCache(config.cache_path)
+    latency = config.latency.replace(resolution=settings.resolution)
+
+    def measure(model: torch.nn.Module) -> TrialCost:
+        cost = measure_deploy_cost(model, latency, cache=cache)
+        assert cost.latency is not None
+        return TrialCost(
+            latency_ms=cost.latency.median_ms, latency_spread_ms=cost.latency.max_ms - cost.latency.min_ms, macs=cost.macs,
+            params_train=cost.params_train, params_deploy=cost.params_deploy, device=latency.device,
+        )
+
+    def train(model: torch.nn.Module, on_epoch: Any) -> float:
+        result = train_and_evaluate(model, data, config.train, on_epoch=on_epoch)
+        return float(result.final_accuracy)
+
+    return SearchObjective(settings, measure, train)
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    rows = report.trained(report.trial_rows(study))
+    return max((r.accuracy for r in rows if r.accuracy is not None), default=None)
+
+
+def _write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int, console: Console) -> SearchResult:
+    out = config.out_dir
+    rows = report.trial_rows(study)
+    front = report.pareto_front(rows)
+    best = report.best_row(rows)
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    title = f"{config.study_name}: accuracy vs {config.latency.device} latency"
+    if report.trained(rows):
+        report.plot_pareto(rows, out / "pareto.png", out / "pareto.html", config.budget_ms, title)
+        report.print_table(front, console)
+    if best is not None and best.checkpoint:
+        budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs}
+        report.write_best_json(out / "best.json", best, budget)
+        shutil.copyfile(best.checkpoint, out / "best.pt")
+        model, _ = dscnn.load_checkpoint(best.checkpoint)
+        dscnn.save_checkpoint(out / "best_deploy.pt", dscnn.reparameterize_model(model), metrics={"accuracy": best.accuracy})
+        console.log(f"best: {best.label} accuracy {best.accuracy:.4f} at {best.latency_ms:.3f} ms -> {out / 'best.pt'}")
+    else:
+        console.log("no feasible trial finished training: no best.json / best.pt written")
+    return SearchResult(config.study_name, out, finished, trained_trials, best, front)

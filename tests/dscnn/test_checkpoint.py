@@ -1,0 +1,110 @@
+"""Checkpoints round-trip in both forms and fail loudly on anything else."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import dscnn
+from dscnn import CheckpointError, load_checkpoint, save_checkpoint
+from tests.contracts import randomize_bn
+
+TINY = {"resolution": 32, "num_classes": 10, "width_multipliers": (0.25, 0.25), "depths": (1, 1, 2, 1, 1)}
+
+
+@pytest.fixture
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    m = dscnn.create_model("repvgg_a0", **TINY)
+    randomize_bn(m)  # non-default BN state, so a load that skipped buffers would show
+    return m.eval()
+
+
+def _outputs(m: nn.Module) -> torch.Tensor:
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return m(x)
+
+
+@pytest.mark.parametrize("form", ["train", "deploy"])
+def test_roundtrip(model: nn.Module, tmp_path: Path, form: str) -> None:
+    if form == "deploy":
+        dscnn.reparameterize_model(model)
+    metrics = {"top1": 91.25, "epochs": 3, "history": [1.5, 0.75]}
+    path = save_checkpoint(tmp_path / "sub" / "m.pt", model, metrics=metrics, extra={"seed": 7})
+    loaded, info = load_checkpoint(path)
+    assert info.form == form and dscnn.is_deploy_form(loaded) == (form == "deploy")
+    assert info.config == model.config and info.metrics == metrics and info.extra == {"seed": 7}
+    assert not loaded.training
+    assert torch.equal(_outputs(loaded), _outputs(model))
+    assert not list(tmp_path.glob("sub/.*.tmp"))  # the atomic write left no temporary file
+
+
+def test_deploy_checkpoint_matches_train_checkpoint(model: nn.Module, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "train.pt", model)
+    save_checkpoint(tmp_path / "deploy.pt", dscnn.deploy_copy(model))
+    train, _ = load_checkpoint(tmp_path / "train.pt")
+    deploy, _ = load_checkpoint(tmp_path / "deploy.pt")
+    y, y_deploy = _outputs(train), _outputs(deploy)
+    assert (y - y_deploy).abs().max() <= 1e-5 * y.abs().max()
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_truncated_file(model: nn.Module, tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m.pt", model)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+        load_checkpoint(path)
+
+
+def test_garbage_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+        load_checkpoint(path)
+
+
+def test_foreign_torch_file(tmp_path: Path) -> None:
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a repnas checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def _edit_payload(src: Path, dst: Path, **config_edits: object) -> Path:
+    payload = torch.load(src, weights_only=True)
+    payload = copy.deepcopy(payload)
+    payload["config"].update(config_edits)
+    torch.save(payload, dst)
+    return dst
+
+
+def test_state_does_not_match_config(model: nn.Module, tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m.pt", model)
+    edited = _edit_payload(path, tmp_path / "wider.pt", width_multipliers=[0.5, 0.25])
+    with pytest.raises(CheckpointError, match="does not match the architecture.*shape mismatch"):
+        load_checkpoint(edited)
+    deeper = _edit_payload(path, tmp_path / "deeper.pt", depths=[1, 1, 2, 2, 1])
+    with pytest.raises(CheckpointError, match="missing: stages.3.1"):
+        load_checkpoint(deeper)
+
+
+def test_unknown_family_or_field(model: nn.Module, tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m.pt", model)
+    with pytest.raises(CheckpointError, match="cannot rebuild.*unknown model family 'nope'"):
+        load_checkpoint(_edit_payload(path, tmp_path / "fam.pt", family="nope"))
+    with pytest.raises(CheckpointError, match="cannot rebuild.*unknown field.*colour"):
+        load_checkpoint(_edit_payload(path, tmp_path / "field.pt", colour="red"))
+
+
+def test_only_registry_models(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="only registry models"):
+        save_checkpoint(tmp_path / "m.pt", nn.Linear(2, 2))

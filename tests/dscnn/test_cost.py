@@ -1,0 +1,127 @@
+"""dscnn.cost and dscnn.measure_cache: hand-checked MACs, deploy counts, cache hits and keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from dscnn import (
+    DeployCost, LatencyResult, LatencySettings, MeasureCache, count_macs, create_model, deploy_copy,
+    measure_deploy_cost,
+)
+from dscnn import cost as cost_mod
+from dscnn.measure_cache import architecture_key, default_cache_path
+
+FAST = LatencySettings(resolution=32, warmup=1, runs=2, repeats=1)
+
+
+def conv_stack(width: int = 8) -> nn.Sequential:
+    """32x32 input: 3x3 conv 3->w, depthwise 3x3 stride 2, 1x1 w->16, flatten, linear 16*16*16 -> 10."""
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1, groups=width),
+        nn.Conv2d(width, 16, 1), nn.Flatten(), nn.Linear(16 * 16 * 16, 10),
+    )
+
+
+def tiny_repvgg() -> nn.Module:
+    return create_model("repvgg_a0", resolution=32, num_classes=10, depths=(1, 1, 2, 1, 1),
+                        width_multipliers=(0.25, 0.25))
+
+
+def test_macs_of_a_conv_stack_equal_the_formula() -> None:
+    w = 8
+    expected = (w * 3 * 9 * 32 * 32  # C_out * C_in/groups * k*k * H_out * W_out
+                + w * 1 * 9 * 16 * 16  # depthwise, stride 2
+                + 16 * w * 16 * 16  # 1x1
+                + 16 * 16 * 16 * 10)  # linear
+    cost = measure_deploy_cost(conv_stack(w), FAST, time_latency=False)
+    assert cost.macs == expected
+    n_params = sum(p.numel() for p in conv_stack(w).parameters())
+    assert cost.params_train == cost.params_deploy == n_params
+    assert cost.latency is None and cost.flops_per_s is None and cost.speedup is None
+    with pytest.raises(ValueError, match="not measured"):
+        cost.latency_ms
+
+
+def test_repvgg_deploy_cost() -> None:
+    model = tiny_repvgg().train()
+    cost = measure_deploy_cost(model, FAST, time_train_form=True)
+    deploy = deploy_copy(model)
+    assert model.training, "the caller's model is left as it was"
+    assert cost.params_deploy == sum(p.numel() for p in deploy.parameters()) < cost.params_train
+    assert cost.macs == count_macs(deploy, 32) > 0
+    assert cost.latency is not None and cost.train_latency is not None
+    assert cost.latency_ms > 0 and cost.speedup == pytest.approx(cost.train_latency.median_ms / cost.latency_ms)
+    assert cost.flops_per_s == pytest.approx(cost.macs * 1000 / cost.latency_ms)
+    assert cost.arch_key == architecture_key(deploy)
+    record = json.loads(json.dumps(cost.to_dict()))
+    assert record["macs"] == cost.macs and record["latency"]["median_ms"] == cost.latency_ms
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, median_ms: float = 5.0, noisy: bool = False) -> list[int]:
+    calls: list[int] = []
+
+    def fake(model: nn.Module, settings: LatencySettings) -> LatencyResult:
+        calls.append(1)
+        return LatencyResult(median_ms, median_ms, median_ms, (median_ms,), settings.batch * 1000 / median_ms,
+                             None, settings.runs * settings.repeats, noisy)
+
+    monkeypatch.setattr(cost_mod, "measure_latency_ms", fake)
+    return calls
+
+
+def test_cache_hits_skip_measurement(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = _counting(monkeypatch)
+    path = tmp_path / "latency.sqlite"
+    first = measure_deploy_cost(conv_stack(), FAST, cache=MeasureCache(path))
+    assert len(calls) == 1
+    # another process opening the same file: a fresh MeasureCache object, a freshly built model
+    second = measure_deploy_cost(conv_stack(), FAST, cache=MeasureCache(path))
+    assert len(calls) == 1, "an identical deploy graph must not be timed twice"
+    assert second.latency == first.latency and len(MeasureCache(path)) == 1
+    measure_deploy_cost(conv_stack(), FAST.replace(batch=2), cache=MeasureCache(path))  # other settings
+    measure_deploy_cost(conv_stack(width=6), FAST, cache=MeasureCache(path))  # a "pruned" width
+    assert len(calls) == 3 and len(MeasureCache(path)) == 3
+    MeasureCache(path).clear()
+    assert len(MeasureCache(path)) == 0
+
+
+def test_noisy_results_are_not_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = _counting(monkeypatch, noisy=True)
+    cache = MeasureCache(tmp_path / "c.sqlite")
+    measure_deploy_cost(conv_stack(), FAST, cache=cache)
+    measure_deploy_cost(conv_stack(), FAST, cache=cache)
+    assert len(calls) == 2 and len(cache) == 0
+
+
+def test_architecture_key_tracks_structure_not_weights() -> None:
+    a, b = tiny_repvgg(), tiny_repvgg()  # independent random weights, same architecture
+    assert architecture_key(deploy_copy(a)) == architecture_key(deploy_copy(b))
+    assert architecture_key(a) != architecture_key(deploy_copy(a))  # train form is another graph
+    pruned = deploy_copy(a)
+    conv = pruned.stages[4][0].conv  # narrow the last block's fused conv: config unchanged, widths not
+    pruned.stages[4][0].conv = nn.Conv2d(conv.in_channels, conv.out_channels // 2, 3, 2, 1)
+    assert pruned.config == a.config and architecture_key(pruned) != architecture_key(deploy_copy(a))
+    strided = conv_stack()
+    strided[2] = nn.Conv2d(8, 8, 3, stride=1, padding=1, groups=8)  # same shapes, other stride
+    assert architecture_key(strided) != architecture_key(conv_stack())
+
+
+def test_cache_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REPNAS_CACHE", str(tmp_path / "x" / "lat.sqlite"))
+    assert default_cache_path() == tmp_path / "x" / "lat.sqlite"
+    assert MeasureCache().path.parent.is_dir()
+    monkeypatch.delenv("REPNAS_CACHE")
+    assert default_cache_path().name == "latency.sqlite" and ".cache" in default_cache_path().parts
+
+
+def test_deploy_cost_record_is_plain_data() -> None:
+    lat = LatencyResult(2.0, 1.9, 2.1, (1.9, 2.0, 2.1), 500.0, None, 300, False)
+    cost = DeployCost("k", 10, 8, 1000, lat, LatencyResult.from_dict(lat.to_dict()))
+    assert cost.flops_per_s == 1000 * 500.0 and cost.speedup == 1.0
+    record = json.loads(json.dumps(cost.to_dict()))
+    assert LatencyResult.from_dict(record["latency"]) == lat and record["speedup"] == 1.0

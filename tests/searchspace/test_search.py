@@ -1,0 +1,139 @@
+"""End-to-end search on the embedded data: cost first, resume, storage, CLI errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from optuna_dashboard._storage_url import guess_storage_from_url
+
+import search
+from dscnn.latency import LatencySettings
+from searchspace.data import DataConfig
+from searchspace.run import SearchConfig, run_search
+from searchspace.storage import WORKER_ATTR, fail_orphaned_trials, open_storage
+from searchspace.train import TrainConfig
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _config(tmp_path: Path, **overrides: object) -> SearchConfig:
+    base = SearchConfig(
+        study_name="t", storage=str(tmp_path / "studies.db"), out=str(tmp_path / "out"), space="dscnn",
+        trials=2, seed=0, baselines=(), cache_path=str(tmp_path / "latency.sqlite"),
+        budget_macs=30e6,  # keeps sampled models small so the test trains quickly
+        data=DataConfig(train_per_class=4, val_per_class=2),
+        train=TrainConfig(epochs=1, batch_size=20, device="cpu"),
+        latency=LatencySettings(warmup=1, runs=3, repeats=1),
+    )
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def _study(config: SearchConfig) -> optuna.Study:
+    return optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
+
+
+def test_search_trains_feasible_trials_and_writes_outputs(tmp_path: Path) -> None:
+    config = _config(tmp_path, budget_ms=1e6, budget_macs=None, trials=2, baselines=("fasternet_t0_w0.5",))
+    result = run_search(config, show_progress=False)
+    study = _study(config)
+    assert result.finished_trials == 2 and len(study.trials) == 2
+    assert study.trials[0].user_attrs["baseline"] == "fasternet_t0_w0.5"
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete, [t.state for t in study.trials]
+    for t in complete:
+        assert t.user_attrs["latency_ms"] > 0 and t.user_attrs["macs"] > 0 and t.user_attrs["feasible"] is True
+        assert t.constraints == {"latency_ms": pytest.approx(t.user_attrs["latency_ms"] - 1e6)}
+        assert 0.0 <= t.value <= 1.0
+    out = Path(config.out_dir)
+    best = json.loads((out / "best.json").read_text())
+    assert best["accuracy"] == max(t.value for t in complete)
+    for name in ("best.pt", "best_deploy.pt", "pareto.png", "pareto.html", "search_config.json"):
+        assert (out / name).stat().st_size > 0, name
+    import dscnn
+
+    model, info = dscnn.load_checkpoint(out / "best_deploy.pt")
+    assert info.form == "deploy" and dscnn.is_deploy_form(model)
+    # optuna-dashboard's own loader opens the journal file as a bare path
+    storage = guess_storage_from_url(config.storage)
+    summaries = optuna.get_all_study_summaries(storage)
+    assert [s.study_name for s in summaries] == ["t"]
+
+
+def test_impossible_budget_trains_nothing(tmp_path: Path) -> None:
+    config = _config(tmp_path, budget_ms=1e-6, trials=3)
+    result = run_search(config, show_progress=False)
+    study = _study(config)
+    assert result.trained_trials == 0
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
+    assert all(t.user_attrs["feasible"] is False and t.constraints["latency_ms"] > 0 for t in study.trials)
+    assert not list((Path(config.out_dir) / "trials").iterdir())
+    assert not (Path(config.out_dir) / "best.json").exists()
+
+
+def test_pareto_mode_completes_infeasible_with_penalty(tmp_path: Path) -> None:
+    config = _config(tmp_path, budget_ms=1e-6, trials=2, pareto=True)
+    run_search(config, show_progress=False)
+    study = _study(config)
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE and t.values[0] == 0.0 and t.user_attrs["feasible"] is False
+        assert "accuracy" not in t.user_attrs  # never a real score
+
+
+def test_rerun_resumes_instead_of_restarting(tmp_path: Path) -> None:
+    config = _config(tmp_path, budget_ms=1e-6, trials=2)
+    run_search(config, show_progress=False)
+    first = [(t.number, t.params) for t in _study(config).trials]
+    run_search(config, show_progress=False)  # same total: nothing new
+    assert [(t.number, t.params) for t in _study(config).trials] == first
+    run_search(dataclasses.replace(config, trials=3), show_progress=False)
+    trials = _study(config).trials
+    assert len(trials) == 3 and [(t.number, t.params) for t in trials[:2]] == first
+
+
+def test_orphaned_running_trial_is_failed(tmp_path: Path) -> None:
+    storage = open_storage(str(tmp_path / "studies.db"))
+    study = optuna.create_study(study_name="o", storage=storage)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan, live = study.ask(), study.ask()
+    study._storage.set_trial_system_attr(orphan._trial_id, WORKER_ATTR, f"{os.uname().nodename}:{dead.pid}")
+    study._storage.set_trial_system_attr(live._trial_id, WORKER_ATTR, f"{os.uname().nodename}:{os.getpid()}")
+    assert fail_orphaned_trials(study) == [orphan.number]
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.RUNNING]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budget-ms", "-1"], "--budget-ms must be a positive"),
+        (["--budget-flops", "lots"], "cannot parse 'lots'"),
+        (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+        (["--space", "nope"], "invalid choice: 'nope'"),
+        (["--trials", "0"], "--trials must be >= 1"),
+        (["--study", "/nonexistent.toml"], "no such file"),
+    ],
+)
+def test_bad_flags_are_rejected_clearly(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        search.config_from_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_study_file_supplies_defaults_and_flags_override(tmp_path: Path) -> None:
+    study = tmp_path / "s.toml"
+    study.write_text('budget_ms = 3.0\ntrials = 7\nspace = "falconnet"\nepochs = 2\n')
+    config = search.config_from_args(["--study", str(study), "--trials", "9", "--device", "cpu"])
+    assert (config.budget_ms, config.trials, config.space, config.train.epochs) == (3.0, 9, "falconnet", 2)
+    study.write_text("budget_mss = 3.0\n")
+    with pytest.raises(SystemExit):
+        search.config_from_args(["--study", str(study)])
