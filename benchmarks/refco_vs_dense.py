@@ -2,7 +2,13 @@
 
 For each width C and map size, times ``Conv2d(C, C, 1)`` and the fused ``RefCO(C, C)`` at R = 2 and
 R = 4 (smallest full-range band K) under the SPEC 4 CPU protocol (batch 1, fixed threads, >= 10
-warm-up, >= 100 timed runs, median of 3 repeats), prints a table, writes JSON.
+warm-up, >= 100 timed runs, median of 3 repeats), prints a table, writes JSON. The MACs column is
+fvcore's count relative to the dense conv; it includes the zeros RefCO's tiles execute.
+
+glibc's malloc returns large freed blocks to the OS depending on process history, so an op with
+several MB-sized intermediates (RefCO's gathers) paid 1-2 ms of page faults per call in some
+processes and not in others (0.6 vs 2.4 ms for RefCO(64) at 56x56). ``--pin-malloc`` (default on)
+fixes glibc's mmap/trim thresholds via ``mallopt`` so every op is timed with warm heap pages.
 
     .venv/bin/python benchmarks/refco_vs_dense.py [--threads 1] [--widths 64 128 256] [--sizes 56 28]
 """
@@ -10,6 +16,7 @@ warm-up, >= 100 timed runs, median of 3 repeats), prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 from pathlib import Path
@@ -51,13 +58,25 @@ def _macs(op: nn.Module, channels: int, size: int) -> int:
     return count_macs(op, size, in_channels=channels)
 
 
+def pin_malloc() -> bool:
+    """Keep freed blocks of up to 32 MB on glibc's heap (no per-call page faults); False if not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter codes
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--sizes", type=int, nargs="+", default=[56, 28])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--pin-malloc", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
+    pinned = pin_malloc() if args.pin_malloc else False
     torch.manual_seed(0)
     rows = [measure(c, s, args.threads) for c in args.widths for s in args.sizes]
     print(f"{'C':>4} {'HxW':>6} | {'dense ms':>9} | {'R=2 K':>5} {'ms':>7} {'x dense':>7} {'MACs':>5} |"
@@ -71,11 +90,13 @@ def main() -> None:
                 f"{op['kernel']:>5} {op['latency_ms']:>7.3f} {op['latency_ms'] / dense['latency_ms']:>7.2f}"
                 f" {op['macs'] / dense['macs']:>5.2f}"
             )
-        print(" | ".join(cells))
+        noisy = any(row[name]["noisy"] for name in ("dense", "refco_r2", "refco_r4"))
+        print(" | ".join(cells) + ("  (noisy repeats)" if noisy else ""))
     payload = {
         "protocol": "CPU, batch 1, fp32, NCHW, median of 3 repeats x 100 timed runs after 10 warm-up",
         "threads": args.threads, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "macs": "fvcore multiply-accumulates (index_select gathers are not counted)",
+        "malloc_pinned": pinned,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

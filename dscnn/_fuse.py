@@ -150,3 +150,19 @@ def concat_branches(branches: Sequence[Branch], size: tuple[int, int] | None = N
     size = size or largest_kernel_size(k for k, _ in branches)
     kernel = torch.cat([pad_kernel(k, size) for k, _ in branches])
     return kernel, torch.cat([b for _, b in branches])
+
+
+def fold_pointwise_after(branch: Branch, pointwise: Tensor) -> Branch:
+    """A dense conv followed by a bias-free 1x1 conv ``Q`` (P, O, 1, 1), merged into one conv.
+
+    ``W'' = Q W`` and ``b'' = Q b`` (exact: both are linear and the 1x1 needs no padding). Only for
+    ``groups == 1`` kernels: ``Q`` mixes output channels, which a grouped conv cannot express.
+    Used by ResRep to fold its compactors.
+    """
+    kernel, bias = branch
+    if pointwise.ndim != 4 or pointwise.shape[-2:] != (1, 1) or pointwise.shape[1] != kernel.shape[0]:
+        raise ValueError(
+            f"pointwise kernel {tuple(pointwise.shape)} cannot follow a conv with {kernel.shape[0]} outputs"
+        )
+    q = pointwise.flatten(1)
+    return torch.einsum("po,oikl->pikl", q, kernel), q @ bias

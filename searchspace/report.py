@@ -137,3 +137,20 @@ def _write_html(path: Path, png: Path, front: list[TrialRow], title: str) -> Non
         "<table border=1 cellpadding=4><tr><th>trial</th><th>family</th><th>accuracy</th><th>latency ms</th>"
         f"<th>MMACs</th><th>params (deploy)</th></tr>{cells}</table>"
     )
+
+
+def baseline_comparison(rows: list[TrialRow]) -> tuple[TrialRow | None, list[TrialRow]]:
+    """(best searched trial, baselines that were trained) — the question a study answers."""
+    searched = [r for r in trained(rows) if not r.is_baseline]
+    best = max(searched, key=lambda r: (r.accuracy, -(r.latency_ms or 0))) if searched else None
+    return best, [r for r in trained(rows) if r.is_baseline]
+
+
+def markdown_table(rows: list[TrialRow]) -> str:
+    lines = ["| model | family | accuracy | latency ms | MMACs (deploy) | params (deploy) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r.label} | {r.family or '-'} | {r.accuracy:.4f} | {r.latency_ms:.3f} | "
+            f"{(r.macs or 0) / 1e6:.1f} | {r.params_deploy or 0:,} |"
+        )
+    return "\n".join(lines)

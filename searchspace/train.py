@@ -32,7 +32,14 @@ from searchspace.datasets.augment import prepare_batch, random_crop_flip
 
 OPTIMIZERS = ("sgd", "adamw")
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "TrainResult", "TrainingDiverged", "train_and_evaluate"]
+__all__ = [
+    "OPTIMIZERS", "ParamGroups", "TrainConfig", "TrainResult", "TrainingDiverged", "evaluate_accuracy",
+    "train_and_evaluate",
+]
+
+#: Builds the optimizer's parameter groups (dicts with "params" and per-group overrides such as
+#: "weight_decay" or "momentum") from the model and the recipe; replaces the default grouping.
+ParamGroups = Callable[[nn.Module, "TrainConfig"], list[dict[str, Any]]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,6 +112,8 @@ def train_and_evaluate(
     *,
     on_epoch: Callable[[int, float], None] | None = None,
     progress: bool = False,
+    param_groups: ParamGroups | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place (it ends in eval mode) and return per-epoch validation accuracy.
 
@@ -114,9 +123,12 @@ def train_and_evaluate(
         config: the recipe.
         on_epoch: called as ``on_epoch(epoch, val_accuracy)`` after each epoch (epoch from 0).
         progress: show a rich progress bar on stderr.
+        param_groups: the optimizer's parameter groups; None = decay on weights only (see `_optimizer`).
+        after_backward: called after each ``loss.backward()``, before the optimizer step (e.g. to
+            edit gradients: pruning's regularizers).
     """
     device = _device(config.device)
-    run = _Run(model.to(device), data.to(device), config)
+    run = _Run(model.to(device), data.to(device), config, param_groups, after_backward)
     accuracies: list[float] = []
     losses: list[float] = []
     train_seconds = 0.0
@@ -144,15 +156,23 @@ def train_and_evaluate(
 class _Run:
     """The state of one training run: model, data on its device, optimizer, schedule, RNG."""
 
-    def __init__(self, model: nn.Module, data: ImageDataset, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: ImageDataset,
+        config: TrainConfig,
+        param_groups: ParamGroups | None = None,
+        after_backward: Callable[[], None] | None = None,
+    ) -> None:
         self.model, self.data, self.config = model, data, config
+        self.after_backward = after_backward
         model_resolution = getattr(getattr(model, "config", None), "resolution", 0)
         self.resolution = config.resolution or model_resolution or data.resolution
         mean, std = data.channel_stats
         self.mean = torch.tensor(mean, device=data.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=data.device).view(1, 3, 1, 1) * 255
         self.steps, self.batch = _steps_per_epoch(len(data.train_labels), config.batch_size)
-        self.optimizer = _optimizer(model, config)
+        self.optimizer = _optimizer(model, config, param_groups)
         warmup = round(config.warmup_epochs * self.steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _cosine_with_warmup(self.steps * config.epochs, warmup)
@@ -180,6 +200,8 @@ class _Run:
             loss = F.cross_entropy(logits.float(), data.train_labels[indices], label_smoothing=config.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.after_backward is not None:
+                self.after_backward()
             self.optimizer.step()
             self.scheduler.step()
             step_losses[step] = loss.detach()
@@ -218,10 +240,19 @@ def _steps_per_epoch(num_images: int, batch_size: int) -> tuple[int, int]:
     return num_images // batch_size, batch_size
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def evaluate_accuracy(model: nn.Module, data: ImageDataset, config: TrainConfig) -> float:
+    """Top-1 validation accuracy of ``model`` exactly as `train_and_evaluate` measures it, no training.
+
+    Uses ``config``'s device, resolution and evaluation batch size; ``model`` is moved there.
+    """
+    device = _device(config.device)
+    return _Run(model.to(device), data.to(device), config).evaluate(0)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig, param_groups: ParamGroups | None = None) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     # Decay only weight matrices / kernels: decaying BN affine, biases and layer scales hurts.
-    groups = [
+    groups = param_groups(model, config) if param_groups is not None else [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]

@@ -19,16 +19,21 @@ Interpretations (ours):
   a sum of parallel banded conv-BN branches with the same band geometry, fused into one banded conv.
   The two stages stay two sparse ops in the deploy form, with no activation between them.
 
-Implementation: a fixed channel gather (index buffer) followed by a grouped 1x1 Conv2d, one group
-per band, so every fused leaf is a plain Conv2d and no dense masked matrix is ever formed.
+Implementation: outputs are cut into tiles of consecutive channels (`tile_outputs`); a fixed
+channel gather (index buffer) collects each tile's input window, and one grouped 1x1 Conv2d (one
+group per tile) applies the bands, so every fused leaf is a plain Conv2d. Inside a tile the kernel
+carries zeros at the band's corners: the MACs counted for RefCO include them (they are executed).
+A gather plus one grouped conv per band (one group per output) was 7-100x slower than the dense
+1x1 on CPU; tiles of up to 64 outputs are what made the operator competitive.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dscnn.blocks.branch_conv import BranchConv
+from dscnn._fuse import Branch, conv_from_branch, fold_bn_module, sum_branches
 from dscnn.reparam import Reparameterizable
 
 
@@ -48,8 +53,27 @@ def band_geometry(in_channels: int, out_channels: int) -> tuple[int, int]:
     return in_channels, 1
 
 
-class SFConv(nn.Module):
-    """Banded 1x1 conv: a sum of ``branches`` parallel banded conv-BN branches (one after fusion)."""
+def tile_outputs(in_channels: int, out_channels: int) -> int:
+    """Outputs per tile: the largest divisor of ``C_out`` up to 64 (and up to ``C_out / 2``, so there
+    are at least two tiles) whose band starts span at most 64 input channels.
+
+    A tile's outputs read one contiguous window of ``span + K`` input channels, computed as one dense
+    block of a grouped conv. Bigger tiles mean fewer, larger GEMMs but more zeros at the band's
+    corners; tiles of 16-64 outputs were the fastest in CPU prototypes of this benchmark
+    (``benchmarks/refco_vs_dense.py``); tiles of 4-8 outputs were up to 2x slower.
+    """
+    limit = max(1, min(64, 64 * out_channels // in_channels, out_channels // 2))
+    return max(d for d in range(1, limit + 1) if out_channels % d == 0)
+
+
+class SFConv(Reparameterizable):
+    """Banded 1x1 conv: a sum of ``branches`` parallel banded conv-BN branches (one conv after fusion).
+
+    Parameters are the bands themselves, ``weight[branch, o, j]`` for input channel
+    ``(start(o) + j) % C_in``. Forward: gather each tile's input window once (index buffer), then a
+    grouped 1x1 conv, one group per tile, whose kernel holds the band and zeros at the band's corners
+    (scattered from the band parameters, so the zeros get no gradient and stay zero).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, *, branches: int = 1) -> None:
         super().__init__()
@@ -58,14 +82,57 @@ class SFConv(nn.Module):
         bands, stride = band_geometry(in_channels, out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel = min(kernel, in_channels)  # a wider band would read channels twice
-        starts = torch.arange(bands) * stride
-        index = (starts[:, None] + torch.arange(self.kernel)[None, :]) % in_channels
-        # Not persistent: it is fixed by the geometry, so checkpoints need not carry it.
+        starts = torch.arange(out_channels) // (out_channels // bands) * stride
+        tile = tile_outputs(in_channels, out_channels)
+        self.tiles = out_channels // tile
+        tile_starts = starts[::tile]
+        span = int((starts[tile - 1 :: tile] - tile_starts).max())
+        self.window = min(span + self.kernel, in_channels)
+        index = (tile_starts[:, None] + torch.arange(self.window)) % in_channels
+        # Column of (o, j) inside its tile's window; modulo only matters when the window is all of C_in.
+        column = (starts - tile_starts.repeat_interleave(tile))[:, None] + torch.arange(self.kernel)
+        slots = torch.arange(out_channels)[:, None] * self.window + column % in_channels
+        # Not persistent: both are fixed by the geometry, so checkpoints need not carry them.
         self.register_buffer("index", index.flatten(), persistent=False)
-        self.conv = BranchConv(bands * self.kernel, out_channels, [(1, 1)] * branches, groups=bands)
+        self.register_buffer("slots", slots.flatten(), persistent=False)
+        bound = self.kernel**-0.5  # nn.Conv2d's default init for a fan-in of K
+        self.weight = nn.Parameter(torch.empty(branches, out_channels, self.kernel).uniform_(-bound, bound))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(out_channels) for _ in range(branches))
+        self.fused: nn.Conv2d | None = None
+
+    @property
+    def is_reparameterized(self) -> bool:
+        return self.fused is not None
+
+    def tile_kernel(self, band: Tensor) -> Tensor:
+        """The grouped-conv kernel ``(C_out, window, 1, 1)`` holding ``band`` ``(C_out, K)``."""
+        flat = band.new_zeros(self.out_channels * self.window).scatter(0, self.slots, band.flatten())
+        return flat.view(self.out_channels, self.window, 1, 1)
+
+    def band_branches(self) -> list[Branch]:
+        """Each branch's band ``(C_out, K, 1, 1)`` with its BN folded, plus bias."""
+        return [fold_bn_module(w[..., None, None], None, bn) for w, bn in zip(self.weight, self.bns)]
+
+    def reparameterize(self) -> None:
+        if self.fused is not None:
+            return
+        with torch.no_grad():
+            band, bias = sum_branches(self.band_branches(), (1, 1))  # exact: the branches are linear
+            template = nn.Conv2d(
+                self.tiles * self.window, self.out_channels, 1, groups=self.tiles, device="meta"
+            )
+            self.fused = conv_from_branch(template, (self.tile_kernel(band.flatten(1)), bias))
+        del self.weight, self.bns
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x.index_select(1, self.index))
+        windows = x.index_select(1, self.index)
+        if self.fused is not None:
+            return self.fused(windows)
+        out = sum(
+            bn(F.conv2d(windows, self.tile_kernel(w), groups=self.tiles)) for w, bn in zip(self.weight, self.bns)
+        )
+        assert isinstance(out, Tensor)
+        return out
 
 
 def refco_bottleneck(in_channels: int, out_channels: int, reduction: int) -> int:
@@ -128,12 +195,11 @@ class RefCO(Reparameterizable):
 
     @property
     def is_reparameterized(self) -> bool:
-        return self.reduce.conv.is_reparameterized and self.expand.conv.is_reparameterized
+        return self.reduce.is_reparameterized and self.expand.is_reparameterized
 
     def reparameterize(self) -> None:
-        # Each stage is linear in its branches, so summing its folded banded kernels is exact.
-        self.reduce.conv.reparameterize()
-        self.expand.conv.reparameterize()
+        self.reduce.reparameterize()
+        self.expand.reparameterize()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.expand(self.reduce(x))

@@ -11,8 +11,12 @@ from dscnn import reparameterize_model
 from dscnn.blocks.refco import RefCO, SFConv, full_range_kernel
 from tests.contracts import assert_deploy_equivalent, randomize_bn
 
-# (in, out, R, K, branches): expanding, projecting, square, explicit wider K, non-power-of-two widths.
-CASES = [(16, 32, 2, None, 2), (32, 16, 2, None, 3), (16, 16, 4, None, 1), (16, 16, 2, 9, 2), (24, 48, 3, None, 2)]
+# (in, out, R, K, branches): expanding, projecting, square, explicit wider K, non-power-of-two widths,
+# and one wide enough to be cut into several tiles with windows narrower than the input.
+CASES = [
+    (16, 32, 2, None, 2), (32, 16, 2, None, 3), (16, 16, 4, None, 1), (16, 16, 2, 9, 2), (24, 48, 3, None, 2),
+    (128, 64, 4, None, 2),
+]
 
 
 def channel_matrix(module: nn.Module, in_channels: int, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -32,15 +36,16 @@ def test_deploy_equivalent(case: tuple[int, int, int, int | None, int], dtype: t
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_deploy_keeps_two_sparse_convs(case: tuple[int, int, int, int | None, int]) -> None:
+def test_deploy_keeps_two_banded_convs(case: tuple[int, int, int, int | None, int]) -> None:
     c_in, c_out, r, k, n = case
+    torch.manual_seed(0)
     block = reparameterize_model(RefCO(c_in, c_out, reduction=r, kernel=k, branches=n))
     convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
     kernel = k or full_range_kernel(c_in, c_out, r)
     mid = min(c_in, c_out) // r
-    assert len(convs) == 2
-    assert [tuple(c.weight.shape) for c in convs] == [(mid, min(kernel, c_in), 1, 1), (c_out, min(kernel, mid), 1, 1)]
-    assert sum(p.numel() for p in block.parameters()) == mid * min(kernel, c_in) + mid + c_out * min(kernel, mid) + c_out
+    assert len(convs) == 2 and [c.out_channels for c in convs] == [mid, c_out]
+    # Exactly C_out * K non-zero weights per stage: the tile padding around each band stays zero.
+    assert [int((c.weight != 0).sum()) for c in convs] == [mid * min(kernel, c_in), c_out * min(kernel, mid)]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -65,14 +70,14 @@ def test_full_range_kernel_is_the_smallest(c_in: int, c_out: int, r: int) -> Non
         RefCO(c_in, c_out, reduction=r, kernel=k - 1)
 
 
-@pytest.mark.parametrize("c_in,c_out,k", [(16, 8, 5), (8, 32, 3), (12, 12, 4), (8, 16, 20)])
+@pytest.mark.parametrize("c_in,c_out,k", [(16, 8, 5), (8, 32, 3), (12, 12, 4), (8, 16, 20), (256, 128, 40)])
 def test_banded_forward_equals_dense_reference(c_in: int, c_out: int, k: int) -> None:
     torch.manual_seed(3)
-    sf = reparameterize_model(SFConv(c_in, c_out, k).double())
-    fused = sf.conv.fused
-    assert fused is not None
+    sf = SFConv(c_in, c_out, k).double()
+    randomize_bn(sf)
+    sf.eval()
     band = min(k, c_in)
-    weight = fused.weight[:, :, 0, 0]
+    weight = sf.weight[0].detach()
     dense = torch.zeros(c_out, c_in, dtype=torch.float64)
     for o in range(c_out):  # output o reads `band` channels from floor(o * C_in / C_out), wrapping
         for j in range(band):
@@ -80,8 +85,17 @@ def test_banded_forward_equals_dense_reference(c_in: int, c_out: int, k: int) ->
     assert (dense != 0).sum() == c_out * band
     x = torch.randn(2, c_in, 5, 5, dtype=torch.float64)
     with torch.no_grad():
-        expected = F.conv2d(x, dense[:, :, None, None], fused.bias)
+        expected = sf.bns[0](F.conv2d(x, dense[:, :, None, None]))
         torch.testing.assert_close(sf(x), expected, rtol=1e-12, atol=1e-12)
+        reparameterize_model(sf)
+        torch.testing.assert_close(sf(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_tiles_read_windows_narrower_than_the_input() -> None:
+    sf = SFConv(128, 16, 16)  # 8 outputs per tile, band starts 8 apart: window 7 * 8 + 16 = 72
+    assert (sf.tiles, sf.window) == (2, 72) and sf.index.tolist()[72:74] == [64, 65]
+    sf = SFConv(16, 16 * 8, 7)  # expanding: 64 outputs per tile share 8 band starts: window 7 + 7
+    assert (sf.tiles, sf.window) == (2, 14)
 
 
 def test_train_form_gathers_and_backpropagates() -> None:
