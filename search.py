@@ -3,6 +3,9 @@
     python search.py --budget-ms 2 --dataset tiny-imagenet --data-dir ../shared/data
     optuna-dashboard studies.db
 
+Several processes given the same --storage share one study (docs/distributed.md); --backend ray
+runs the trials on a Ray Tune cluster instead.
+
 Every trial builds the deploy form and measures its latency on the target device before any
 training; architectures over the budget are recorded and never trained. Flags left unset fall back
 to a study file (``--study studies/NAME.toml``), then to the library defaults.
@@ -15,7 +18,7 @@ import sys
 import tomllib
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -26,6 +29,9 @@ from searchspace.data import DATASETS, DataConfig, DataError
 from searchspace.run import SearchConfig, run_search
 from searchspace.space import SPACES
 from searchspace.train import TrainConfig
+
+if TYPE_CHECKING:
+    from searchspace.ray_backend import RayConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="CPU threads during latency measurement (default 1)")
     g.add_argument("--cache", help="latency cache file (default $REPNAS_CACHE or ~/.cache/repnas/latency.sqlite)")
     g = p.add_argument_group("storage and outputs")
-    g.add_argument("--storage", help="journal file or RDB URL (default studies.db)")
+    g.add_argument("--storage", help="journal file or RDB URL (default studies.db); processes sharing it share the study")
     g.add_argument("--study-name", help="study name in the storage (default repnas)")
     g.add_argument("--out", help="output folder (default runs/<study-name>)")
     g.add_argument("--study", help="a study definition (TOML, keys = these flags with underscores)")
+    g = p.add_argument_group("distributed (docs/distributed.md)")
+    g.add_argument("--backend", choices=("optuna", "ray"), help="optuna: trials run in this process (default); "
+                   "ray: trials train as Ray Tune trials (ASHA), latency is measured in this process")
+    g.add_argument("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: start Ray on this machine)")
+    g.add_argument("--cpus-per-trial", type=float, help="Ray: CPUs reserved by each trial (default 1)")
+    g.add_argument("--gpus-per-trial", type=float, help="Ray: GPUs reserved by each trial, fractions allowed (default 0)")
+    g.add_argument("--concurrency", type=int, help="Ray: trials training at the same time (default 2)")
+    g.add_argument("--ray-storage", help="Ray: results/checkpoint folder, shared or s3:// on a cluster (default <out>/ray)")
     return p
 
 
@@ -87,10 +101,40 @@ def _values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[s
     return {**study, **given}
 
 
+RAY_FLAGS = {"ray_address": "address", "cpus_per_trial": "cpus_per_trial", "gpus_per_trial": "gpus_per_trial",
+             "concurrency": "concurrency", "ray_storage": "storage_path"}
+
+
 def config_from_args(argv: list[str] | None = None) -> SearchConfig:
+    return parse_args(argv)[0]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SearchConfig, RayConfig | None]:
+    """The search config, and the `RayConfig` when ``--backend ray`` (else None)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     v = _values(args, parser)
+    config = _search_config(v, parser)
+    return config, _ray_config(v, parser, config)
+
+
+def _ray_config(v: dict[str, Any], parser: argparse.ArgumentParser, config: SearchConfig) -> RayConfig | None:
+    given = {field: v[flag] for flag, field in RAY_FLAGS.items() if flag in v}
+    if v.get("backend", "optuna") != "ray":
+        if given:
+            parser.error(f"--{next(iter(k for k in RAY_FLAGS if k in v)).replace('_', '-')} needs --backend ray")
+        return None
+    if config.train.device == "cuda" and not given.get("gpus_per_trial"):
+        parser.error("--device cuda with --backend ray needs --gpus-per-trial > 0")
+    from searchspace.ray_backend import RayConfig  # imports Ray: only when asked for
+
+    try:
+        return RayConfig(**given)
+    except ValueError as exc:
+        parser.error(f"--backend ray: {exc}")
+
+
+def _search_config(v: dict[str, Any], parser: argparse.ArgumentParser) -> SearchConfig:
     for key in ("trials", "epochs", "batch_size", "latency_batch", "threads"):
         if key in v and v[key] < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {v[key]}")
@@ -127,10 +171,15 @@ def config_from_args(argv: list[str] | None = None) -> SearchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = config_from_args(argv)
+    config, ray_config = parse_args(argv)
     console = Console()
     try:
-        result = run_search(config, console=console)
+        if ray_config is None:
+            result = run_search(config, console=console)
+        else:
+            from searchspace.ray_backend import run_ray_search
+
+            result = run_ray_search(config, ray_config, console=console)
     except DataError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2

@@ -7,8 +7,8 @@ fvcore's count relative to the dense conv; it includes the zeros RefCO's tiles e
 
 glibc's malloc returns large freed blocks to the OS depending on process history, so an op with
 several MB-sized intermediates (RefCO's gathers) paid 1-2 ms of page faults per call in some
-processes and not in others (0.6 vs 2.4 ms for RefCO(64) at 56x56). ``--pin-malloc`` (default on)
-fixes glibc's mmap/trim thresholds via ``mallopt`` so every op is timed with warm heap pages.
+processes and not in others (0.6 vs 2.4 ms for RefCO(64) at 56x56); `dscnn.latency.pin_malloc` (applied
+by every CPU measurement) fixes glibc's mmap/trim thresholds so every op is timed with warm heap pages.
 
     .venv/bin/python benchmarks/refco_vs_dense.py [--threads 1] [--widths 64 128 256] [--sizes 56 28]
 """
@@ -16,7 +16,6 @@ fixes glibc's mmap/trim thresholds via ``mallopt`` so every op is timed with war
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import platform
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 
 from dscnn import count_macs, count_params, reparameterize_model
 from dscnn.blocks.refco import RefCO, full_range_kernel
-from dscnn.latency import LatencySettings, measure_latency_ms
+from dscnn.latency import LatencySettings, measure_latency_ms, pin_malloc
 
 RESULTS = Path(__file__).parent / "results" / "refco_vs_dense.json"
 
@@ -58,25 +57,14 @@ def _macs(op: nn.Module, channels: int, size: int) -> int:
     return count_macs(op, size, in_channels=channels)
 
 
-def pin_malloc() -> bool:
-    """Keep freed blocks of up to 32 MB on glibc's heap (no per-call page faults); False if not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter codes
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--sizes", type=int, nargs="+", default=[56, 28])
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--pin-malloc", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
-    pinned = pin_malloc() if args.pin_malloc else False
+    pinned = pin_malloc()  # measure_latency_ms pins too; recorded for the JSON
     torch.manual_seed(0)
     rows = [measure(c, s, args.threads) for c in args.widths for s in args.sizes]
     print(f"{'C':>4} {'HxW':>6} | {'dense ms':>9} | {'R=2 K':>5} {'ms':>7} {'x dense':>7} {'MACs':>5} |"

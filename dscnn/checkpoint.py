@@ -2,6 +2,12 @@
 
 A checkpoint rebuilds its model through the registry (never pickled modules): the train-form
 model is built from the config, fused if the checkpoint is in deploy form, then loaded.
+
+A channel-pruned deploy model (``save_checkpoint(..., pruned=True)``) no longer has its config's
+widths: its checkpoint says so, and loading resizes every Conv2d / Linear of the freshly fused
+model to the shapes stored in its state_dict (channels, and groups for depthwise convs) before
+loading the weights. Anything else that disagrees (a missing layer, another kernel size) is still
+a `CheckpointError`.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Checkpoint:
     form: Form
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    pruned: bool = False  # channel-pruned deploy model: layer widths come from the state_dict
 
 
 def save_checkpoint(
@@ -44,16 +51,24 @@ def save_checkpoint(
     *,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    pruned: bool = False,
 ) -> Path:
-    """Write ``model`` (train or deploy form, detected) atomically: a crash never leaves half a file."""
+    """Write ``model`` (train or deploy form, detected) atomically: a crash never leaves half a file.
+
+    ``pruned=True`` marks a channel-pruned deploy model, whose layer widths differ from its config's.
+    """
     config = getattr(model, "config", None)
     if not isinstance(config, ArchConfig):
         raise CheckpointError("only registry models (with an ArchConfig in .config) can be checkpointed")
+    deploy = is_deploy_form(model)
+    if pruned and not deploy:
+        raise CheckpointError("a pruned model must be in deploy form (pruning works on the fused graph)")
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "config": {"family": config.family, **config.to_dict()},
-        "form": "deploy" if is_deploy_form(model) else "train",
+        "form": "deploy" if deploy else "train",
+        "pruned": bool(pruned),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metrics": dict(metrics or {}),
         "extra": dict(extra or {}),
@@ -95,13 +110,52 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{str(path)!r}: cannot rebuild its architecture: {exc}") from None
     form: Form = payload["form"]
+    pruned = bool(payload.get("pruned", False))
     model = build_model(config)
     if form == "deploy":
         reparameterize_model(model)
+    if pruned:
+        _resize_to_state(model, payload["state_dict"], str(path))
     _load_state(model, payload["state_dict"], str(path))
     model.to(map_location)
     model.eval()
-    return model, Checkpoint(config, form, payload.get("metrics", {}), payload.get("extra", {}))
+    return model, Checkpoint(config, form, payload.get("metrics", {}), payload.get("extra", {}), pruned)
+
+
+def _resize_to_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Give every Conv2d / Linear the shape of its weight in ``state`` (a channel-pruned model)."""
+    for name, module in model.named_modules():
+        weight = state.get(f"{name}.weight" if name else "weight")
+        if weight is None or not isinstance(module, (nn.Conv2d, nn.Linear)) or weight.shape == module.weight.shape:
+            continue
+        if isinstance(module, nn.Conv2d):
+            _resize_conv(module, tuple(weight.shape), f"{path!r}: {name}")
+        else:
+            module.out_features, module.in_features = int(weight.shape[0]), int(weight.shape[1])
+        _fresh_parameters(module, weight.shape)
+
+
+def _resize_conv(conv: nn.Conv2d, shape: tuple[int, ...], where: str) -> None:
+    out, in_per_group = shape[0], shape[1]
+    if len(shape) != 4 or tuple(shape[2:]) != tuple(conv.weight.shape[2:]):
+        raise CheckpointError(f"{where}: stored kernel {shape} does not fit conv {tuple(conv.weight.shape)}")
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    if depthwise:  # pruning a depthwise conv removes input, output and group together
+        if in_per_group != 1:
+            raise CheckpointError(f"{where}: depthwise conv stored with {in_per_group} inputs per group")
+        conv.groups = conv.in_channels = conv.out_channels = out
+    else:
+        if out % conv.groups:
+            raise CheckpointError(f"{where}: {out} output channels do not divide into {conv.groups} groups")
+        conv.out_channels, conv.in_channels = out, in_per_group * conv.groups
+
+
+def _fresh_parameters(module: nn.Conv2d | nn.Linear, shape: torch.Size) -> None:
+    """Uninitialised parameters of the new shape (load_state_dict fills them)."""
+    like = module.weight
+    module.weight = nn.Parameter(torch.empty(shape, dtype=like.dtype, device=like.device))
+    if module.bias is not None:
+        module.bias = nn.Parameter(torch.empty(shape[0], dtype=like.dtype, device=like.device))
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:

@@ -21,7 +21,7 @@ import dataclasses
 import statistics
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,7 +168,8 @@ def measure_onnx_latency_ms(path: str | Path, settings: LatencySettings) -> Late
     return _summarise(medians, settings, None)
 
 
-def _compare(model: nn.Module, run: Any, inputs: Mapping[str, Tensor]) -> tuple[OutputCheck, ...]:
+def _compare(model: nn.Module, run: Callable[[Tensor], Any], inputs: Mapping[str, Tensor]) -> tuple[OutputCheck, ...]:
+    """Max abs / rel error of ``run(x)`` (the exported model) against ``model(x)`` per named batch."""
     if not inputs:
         raise ValueError("inputs is empty: give at least one named batch of NCHW images")
     reference = _cpu_eval_copy(model, fuse=False)

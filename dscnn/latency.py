@@ -14,6 +14,8 @@ allocator's ``max_memory_allocated``; the CPU has no per-model counter, so it is
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import dataclasses
 import statistics
 import time
@@ -113,6 +115,22 @@ def require_device(device: str) -> None:
         raise ValueError("device 'cuda' requested but no CUDA GPU is available (torch.cuda.is_available() is False)")
 
 
+@functools.cache
+def pin_malloc() -> bool:
+    """Keep freed blocks of up to 32 MB on glibc's heap; False where libc is not glibc.
+
+    Without this, glibc returns large activation buffers to the OS after every forward pass and
+    page-faults them back in on the next one, so the same graph timed in two processes can differ
+    by 2-4x depending on heap history. Applied once per process, before any CPU timing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter codes
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
+
+
 def measure_latency_ms(model: nn.Module, settings: LatencySettings) -> LatencyResult:
     """Time ``model`` (a copy of it: the caller's module is not moved or cast) under ``settings``.
 
@@ -120,6 +138,8 @@ def measure_latency_ms(model: nn.Module, settings: LatencySettings) -> LatencyRe
     """
     require_device(settings.device)
     device = torch.device(settings.device)
+    if device.type == "cpu":
+        pin_malloc()
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model = copy.deepcopy(model).eval().to(device=device, dtype=settings.dtype, memory_format=memory_format)
     shape = (settings.batch, settings.in_channels, settings.resolution, settings.resolution)

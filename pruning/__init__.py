@@ -1,0 +1,30 @@
+"""Channel pruning of deploy graphs under a FLOPs target: shared graph layer + algorithms.
+
+Layers: `pruning.groups` (coupling groups from Torch-Pruning's dependency graph), `pruning.flops`
+(deploy MACs of implied widths), `pruning.surgery` (physical removal + numerical check),
+`pruning.targets` (``0.3G`` / ``0.5x``), `pruning.run` (the driver every algorithm shares),
+`pruning.report`; algorithms: `pruning.resrep` (ResRep).
+"""
+
+from pruning.algorithm import PruningAlgorithm
+from pruning.flops import CostModel
+from pruning.groups import ChannelGroup, GroupScan, Member, find_groups
+from pruning.report import ModelStats, PruneReport
+from pruning.run import RunConfig, run_pruning
+from pruning.surgery import remove_channels
+from pruning.targets import FlopsTarget, parse_target
+
+__all__ = [
+    "ChannelGroup", "CostModel", "FlopsTarget", "GroupScan", "Member", "ModelStats", "PruneReport",
+    "PruningAlgorithm", "ResRep", "ResRepConfig", "RunConfig", "find_groups", "parse_target",
+    "remove_channels", "run_pruning",
+]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy: `python -m pruning.resrep` must not find pruning.resrep imported by the package first.
+    if name in ("ResRep", "ResRepConfig"):
+        from pruning import resrep
+
+        return getattr(resrep, name)
+    raise AttributeError(f"module 'pruning' has no attribute {name!r}")

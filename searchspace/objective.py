@@ -24,7 +24,7 @@ from dscnn.config import ArchConfig
 from searchspace.baselines import get_baseline
 from searchspace.progress import SearchProgress
 from searchspace.space import sample
-from searchspace.storage import mark_worker
+from searchspace.storage import mark_worker, worker_id
 
 BASELINE_ATTR = "baseline"
 INFEASIBLE_ACCURACY = 0.0  # the penalty a Pareto study completes an over-budget trial with
@@ -54,6 +54,16 @@ class ObjectiveSettings:
     checkpoint_dir: Path  # one checkpoint per trained trial: trial_NNNN.pt
 
 
+@dataclass(frozen=True)
+class CostStep:
+    """The cost-first step of one trial: what to train, what it costs, whether it may be trained."""
+
+    config: ArchConfig
+    model: nn.Module  # train form, untrained
+    cost: TrialCost
+    feasible: bool
+
+
 MeasureCost = Callable[[nn.Module], TrialCost]
 TrainModel = Callable[[nn.Module, Callable[[int, float], None]], float]
 
@@ -73,6 +83,21 @@ class SearchObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         mark_worker(trial)
+        step = self.cost_step(trial)
+        if not step.feasible:
+            return self.reject(step.cost)
+        self.trained_trials += 1
+        trial.set_user_attr("trained_by", worker_id())
+        accuracy = self._train(trial, step.model)
+        self._save(trial, step.model, step.config, accuracy, step.cost)
+        return (accuracy, step.cost.latency_ms) if self.settings.pareto else accuracy
+
+    def cost_step(self, trial: optuna.Trial) -> CostStep:
+        """Cost first: the architecture, its deploy form's measured cost and the constraints, recorded on ``trial``.
+
+        Backends that train elsewhere (Ray Tune) call this in the process that owns the study, then
+        launch training only when ``feasible``.
+        """
         config = self.config_for(trial)
         trial.set_user_attr("family", config.family)
         trial.set_user_attr("arch", config.to_json())
@@ -80,15 +105,17 @@ class SearchObjective:
         self.progress.phase(trial.number, "measure")
         model = dscnn.build_model(config)
         cost = self.measure_cost(model)
-        feasible = self._record_cost(trial, cost)
-        if not feasible:
-            if self.settings.pareto:
-                return INFEASIBLE_ACCURACY, cost.latency_ms
-            raise optuna.TrialPruned(f"over budget: {cost.latency_ms:.3f} ms, {cost.macs / 1e6:.1f} MMACs")
-        self.trained_trials += 1
-        accuracy = self._train(trial, model)
-        self._save(trial, model, config, accuracy, cost)
-        return (accuracy, cost.latency_ms) if self.settings.pareto else accuracy
+        trial.set_user_attr("measured_by", worker_id())
+        return CostStep(config, model, cost, self._record_cost(trial, cost))
+
+    def reject(self, cost: TrialCost) -> tuple[float, float]:
+        """The end of an over-budget trial: the Pareto penalty values, else `optuna.TrialPruned` (raised)."""
+        if self.settings.pareto:
+            return INFEASIBLE_ACCURACY, cost.latency_ms
+        raise optuna.TrialPruned(f"over budget: {cost.latency_ms:.3f} ms, {cost.macs / 1e6:.1f} MMACs")
+
+    def checkpoint_path(self, trial_number: int) -> Path:
+        return self.settings.checkpoint_dir / f"trial_{trial_number:04d}.pt"
 
     def config_for(self, trial: optuna.Trial) -> ArchConfig:
         """The baseline's config for an enqueued baseline trial, else a sample from the space."""
@@ -141,7 +168,7 @@ class SearchObjective:
         return accuracy
 
     def _save(self, trial: optuna.Trial, model: nn.Module, config: ArchConfig, accuracy: float, cost: TrialCost) -> None:
-        path = self.settings.checkpoint_dir / f"trial_{trial.number:04d}.pt"
+        path = self.checkpoint_path(trial.number)
         metrics = {"accuracy": accuracy, "latency_ms": cost.latency_ms, "macs": cost.macs, "trial": trial.number}
         dscnn.save_checkpoint(path, model.cpu(), metrics=metrics)
         trial.set_user_attr("checkpoint", str(path))

@@ -2,7 +2,9 @@
 
 `run_search(SearchConfig)` is the library entry point; ``search.py`` only parses flags into a
 `SearchConfig`. ``trials`` is the study's total: running the same command again resumes (finishes
-the remaining trials, never restarts or duplicates finished ones).
+the remaining trials, never restarts or duplicates finished ones), and several processes on one
+storage share the total. `prepare_search`, `build_objective` and `write_outputs` are shared with
+the Ray Tune backend (`searchspace.ray_backend`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,11 @@ from dscnn.measure_cache import MeasureCache
 from searchspace import report
 from searchspace.baselines import BASELINES
 from searchspace.data import DataConfig, ImageDataset, load_dataset
+from searchspace.device_lock import DeviceLock
 from searchspace.objective import BASELINE_ATTR, ObjectiveSettings, SearchObjective, TrialCost
 from searchspace.progress import SearchProgress
 from searchspace.space import get_space
+from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
 from searchspace.storage import fail_orphaned_trials, open_storage
 from searchspace.train import TrainConfig, TrainingDiverged, train_and_evaluate
 
@@ -54,6 +59,7 @@ class SearchConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     latency: LatencySettings = field(default_factory=LatencySettings)
     cache_path: str | None = None  # latency cache file; None = the default cache location
+    device_lock: str | None = None  # measurement/training lock file; None = $REPNAS_DEVICE_LOCK or <tmp>/repnas-device.lock
 
     @property
     def out_dir(self) -> Path:
@@ -74,38 +80,51 @@ class SearchResult:
 
 
 def run_search(config: SearchConfig, *, console: Console | None = None, show_progress: bool = True) -> SearchResult:
-    """Run (or resume) the study described by ``config`` and write its outputs."""
+    """Run (or resume) the study described by ``config`` and write its outputs.
+
+    Any number of processes may run this on one study (same ``storage`` and ``study_name``): they
+    share its ``trials`` total exactly (`searchspace.quota`), and each writes the outputs when it
+    stops; the last one to stop sees the whole study.
+    """
     console = console or Console()
+    study, _, objective = prepare_search(config, console)
+    if study.remaining() == 0:
+        console.log(f"study {config.study_name!r} already has {config.trials} trials; raise --trials to add more")
+    else:
+        with SearchProgress(config.trials, enabled=show_progress, console=console) as progress:
+            objective.progress = progress
+            progress.trial_finished(_finished(study, config.trials), _best_value(study))
+            try:
+                study.optimize(
+                    objective, n_trials=None, timeout=config.timeout_s,
+                    catch=(TrainingDiverged, torch.cuda.OutOfMemoryError),
+                    callbacks=[lambda s, _t: progress.trial_finished(_finished(s, config.trials), _best_value(s))],
+                )
+            except StudyFull:
+                pass  # every trial of the total is taken (by this or another worker)
+    return write_outputs(config, study, objective.trained_trials, console)
+
+
+def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy, ImageDataset, SearchObjective]:
+    """What every backend does first: outputs folder, data, the study (orphans failed, baselines enqueued)."""
     get_space(config.space)  # fail fast on an unknown space, before loading data
     out = config.out_dir
     (out / "trials").mkdir(parents=True, exist_ok=True)
     (out / "search_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
     data = load_dataset(config.data)
-    study = _open_study(config)
-    orphans = fail_orphaned_trials(study)
+    study = open_study(config)
+    with study.locked():  # two workers starting together must not both enqueue the baselines
+        orphans = fail_orphaned_trials(study)
+        if not study.trials:
+            for label in config.baselines[: config.trials]:
+                study.enqueue_trial({}, user_attrs={BASELINE_ATTR: label}, skip_if_exists=False)
     if orphans:
-        console.log(f"marked trials {orphans} FAIL: their worker process is gone")
-    if not study.trials:
-        for label in config.baselines:
-            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: label}, skip_if_exists=False)
-    remaining = config.trials - len(study.get_trials(deepcopy=False, states=FINISHED))
-    objective = _objective(config, data, out)
-    if remaining <= 0:
-        console.log(f"study {config.study_name!r} already has {config.trials} finished trials; raise --trials to add more")
-    else:
-        with SearchProgress(config.trials, enabled=show_progress, console=console) as progress:
-            objective.progress = progress
-            progress.trial_finished(config.trials - remaining, _best_value(study))
-            study.optimize(
-                objective, n_trials=remaining, timeout=config.timeout_s,
-                catch=(TrainingDiverged, torch.cuda.OutOfMemoryError),
-                callbacks=[lambda s, _t: progress.trial_finished(
-                    min(config.trials, len(s.get_trials(deepcopy=False, states=FINISHED))), _best_value(s))],
-            )
-    return _write_outputs(config, study, objective.trained_trials, console)
+        console.log(f"marked trials {orphans} FAIL: their worker is gone")
+    return study, data, build_objective(config, data)
 
 
-def _open_study(config: SearchConfig) -> optuna.Study:
+def open_study(config: SearchConfig) -> BoundedStudy:
+    """Create or load the study, bounded to ``config.trials`` trials in total."""
     sampler: optuna.samplers.BaseSampler
     if config.pareto:
         sampler = optuna.samplers.NSGAIISampler(seed=config.seed)
@@ -124,31 +143,43 @@ def _open_study(config: SearchConfig) -> optuna.Study:
             f"study {config.study_name!r} in {config.storage!r} was created "
             f"{'without' if config.pareto else 'with'} --pareto; use another --study-name"
         )
-    return study
+    return BoundedStudy(study, config.trials, ask_lock_path(config.storage))
 
 
-def _objective(config: SearchConfig, data: ImageDataset, out: Path) -> SearchObjective:
+def build_objective(config: SearchConfig, data: ImageDataset) -> SearchObjective:
+    """The trial objective, timing under the device lock and training in a shared slot of it."""
     settings = ObjectiveSettings(
         space=config.space, num_classes=data.num_classes, resolution=config.data.resolution or data.resolution,
         budget_ms=config.budget_ms, budget_macs=config.budget_macs, pareto=config.pareto,
-        epochs=config.train.epochs, checkpoint_dir=out / "trials",
+        epochs=config.train.epochs, checkpoint_dir=config.out_dir / "trials",
     )
     cache = MeasureCache(config.cache_path)
     latency = config.latency.replace(resolution=settings.resolution)
+    lock = DeviceLock(config.device_lock)
 
     def measure(model: torch.nn.Module) -> TrialCost:
-        cost = measure_deploy_cost(model, latency, cache=cache)
+        with lock.measuring():  # never while a training runs on this machine (searchspace.device_lock)
+            cost = measure_deploy_cost(model, latency, cache=cache)
         assert cost.latency is not None
         return TrialCost(
             latency_ms=cost.latency.median_ms, latency_spread_ms=cost.latency.max_ms - cost.latency.min_ms, macs=cost.macs,
             params_train=cost.params_train, params_deploy=cost.params_deploy, device=latency.device,
         )
 
-    def train(model: torch.nn.Module, on_epoch: Any) -> float:
-        result = train_and_evaluate(model, data, config.train, on_epoch=on_epoch)
+    def train(model: torch.nn.Module, on_epoch: Callable[[int, float], None]) -> float:
+        with lock.training() as slot:
+            def between_epochs(epoch: int, accuracy: float) -> None:
+                with slot.paused():  # a waiting measurement runs here
+                    on_epoch(epoch, accuracy)
+
+            result = train_and_evaluate(model, data, config.train, on_epoch=between_epochs)
         return float(result.final_accuracy)
 
     return SearchObjective(settings, measure, train)
+
+
+def _finished(study: optuna.Study, total: int) -> int:
+    return min(total, len(study.get_trials(deepcopy=False, states=FINISHED)))
 
 
 def _best_value(study: optuna.Study) -> float | None:
@@ -156,7 +187,7 @@ def _best_value(study: optuna.Study) -> float | None:
     return max((r.accuracy for r in rows if r.accuracy is not None), default=None)
 
 
-def _write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int, console: Console) -> SearchResult:
+def write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int, console: Console) -> SearchResult:
     out = config.out_dir
     rows = report.trial_rows(study)
     front = report.pareto_front(rows)

@@ -2,6 +2,8 @@
 
 ``studies.db`` is an Optuna journal file (`JournalFileBackend`): what ``optuna-dashboard studies.db``
 opens as a bare path, and what several worker processes on one machine can append to safely.
+An RDB URL (``postgresql://...``) serves workers on several machines; it gets Optuna's heartbeat,
+so the trial of a worker that died anywhere is failed once its heartbeat is stale.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ import os
 import socket
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 WORKER_ATTR = "worker"  # system attribute "host:pid" of the process running a trial
+HEARTBEAT_INTERVAL_S = 60  # RDB storages: a running trial's worker writes a heartbeat this often
+HEARTBEAT_GRACE_S = 180  # ... and its trial is failed once the last heartbeat is this old
 
 
-def open_storage(storage: str) -> BaseStorage | str:
-    """A journal file for a plain path, the URL itself for ``sqlite://``/``postgresql://``/... URLs."""
+def open_storage(storage: str) -> BaseStorage:
+    """A journal file for a plain path; an `RDBStorage` with heartbeats for ``sqlite://``/``postgresql://`` URLs."""
     if "://" in storage:
-        return storage
+        return RDBStorage(storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S)
     directory = os.path.dirname(os.path.abspath(storage))
     if not os.path.isdir(directory):
         raise ValueError(f"--storage {storage!r}: directory {directory!r} does not exist")
@@ -38,13 +42,15 @@ def mark_worker(trial: optuna.Trial) -> None:
 
 
 def fail_orphaned_trials(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials whose worker process on this host is gone as FAIL; return their numbers.
+    """Mark RUNNING trials whose worker is gone as FAIL; return their numbers.
 
     A journal file has no heartbeat: a worker killed mid-trial would leave its trial RUNNING
-    forever. Trials of live processes, or of other hosts, are left alone (RDB storages use
-    Optuna's heartbeat for those).
+    forever, so trials whose worker process on this host is dead are failed here; trials of live
+    processes, or of other hosts, are left alone. On RDB storages, trials whose heartbeat is stale
+    (a worker died on any host) are failed too, by Optuna's `fail_stale_trials`. A failed trial
+    counts toward the study's total and is never rerun, so no trial is counted twice.
     """
-    failed = []
+    failed = _fail_stale(study)
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(trial.system_attrs.get(WORKER_ATTR, ""))
@@ -55,6 +61,15 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
         if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
             failed.append(trial.number)
     return failed
+
+
+def _fail_stale(study: optuna.Study) -> list[int]:
+    storage = study._storage
+    if not (isinstance(storage, RDBStorage) and storage.get_heartbeat_interval()):
+        return []
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in running]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -16,6 +16,8 @@ of the GroupNorm's affine parameters (`SRU.reparameterize`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -144,3 +146,20 @@ class SCConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.cru(self.sru(x))
+
+
+def scconv_for_width(channels: int, *, alpha: float = 0.5, gn_groups: int = 16, squeeze_ratio: int = 2,
+                     groups: int = 2) -> SCConv:
+    """SCConv as a spatial operator on any searched width (the one factory DSCNN and FalconNet use).
+
+    interpretation: the paper fixes widths where α·C splits evenly; a search samples widths that
+    do not. The SRU uses gcd(gn_groups, C) GroupNorm groups, and the CRU's upper part is rounded to
+    the nearest multiple of r·g (at least one, leaving at least r channels below), so α is a target.
+    """
+    step = squeeze_ratio * groups
+    largest = (channels - squeeze_ratio) // step * step
+    up = min(max(step, round(alpha * channels / step) * step), largest)
+    if up <= 0 or (channels - up) % squeeze_ratio:
+        raise ValueError(f"SCConv: no valid alpha split of {channels} channels with r={squeeze_ratio}, g={groups}")
+    return SCConv(channels, alpha=up / channels, squeeze_ratio=squeeze_ratio, groups=groups,
+                  gn_groups=math.gcd(gn_groups, channels))

@@ -36,6 +36,7 @@ from dscnn.blocks.ffn import ConvFFN
 from dscnn.blocks.metalight import MetaLightBlock, SpatialFactory
 from dscnn.blocks.repaso import RepASO, parse_branch_set
 from dscnn.blocks.repmix import RepMiX
+from dscnn.blocks.scconv import scconv_for_width
 from dscnn.config import ArchConfig
 from dscnn.layers import ConvBN, make_activation
 from dscnn.models.base import ClassifierModel, resolve_stem_stride
@@ -87,9 +88,7 @@ def spatial_factory(op: str, config: DSCNNConfig) -> SpatialFactory:
     if op == "repaso":
         return functools.partial(RepASO, branch_set=config.branch_set)
     if op == "scconv":
-        from dscnn.blocks.scconv import SCConv  # lazy: optional block, imported only when used
-
-        return functools.partial(SCConv, alpha=config.scconv_alpha)
+        return functools.partial(scconv_for_width, alpha=config.scconv_alpha)
     raise ValueError(f"unknown spatial op {op!r}; valid: {', '.join(SPATIAL_OPS)}")
 
 

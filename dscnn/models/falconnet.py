@@ -17,6 +17,7 @@ interpretation: the paper's tables and RefCO details were not retrievable. RefCO
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from dscnn._registry import register_family, register_model
 from dscnn.blocks.metalight import ChannelFactory, MetaLightBlock, SpatialFactory
 from dscnn.blocks.refco import RefCO, full_range_kernel
 from dscnn.blocks.repaso import RepSO
-from dscnn.blocks.scconv import SCConv
+from dscnn.blocks.scconv import scconv_for_width
 from dscnn.config import ArchConfig
 from dscnn.layers import ConvBN, make_activation
 from dscnn.models.base import ClassifierModel, resolve_stem_stride
@@ -134,9 +135,7 @@ def _channel_factory(config: FalconNetConfig) -> ChannelFactory:
 def _spatial_factory(config: FalconNetConfig, op: str) -> SpatialFactory:
     if op == "repso":
         return lambda channels: RepSO(channels, config.n_3x3)
-    return lambda channels: SCConv(
-        channels, alpha=config.scconv_alpha, gn_groups=math.gcd(config.scconv_gn_groups, channels)
-    )
+    return functools.partial(scconv_for_width, alpha=config.scconv_alpha, gn_groups=config.scconv_gn_groups)
 
 
 register_family(FalconNetConfig, FalconNet)

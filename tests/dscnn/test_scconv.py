@@ -120,3 +120,17 @@ def test_errors_name_the_problem() -> None:
         SCConv(12, 12, alpha=0.5, gn_groups=4)  # squeezed upper width 3
     with pytest.raises(ValueError, match="must exceed the squeezed lower width"):
         SCConv(16, 4, gn_groups=4)
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75])
+def test_scconv_for_width_builds_every_searched_width(alpha: float) -> None:
+    """Every width the search can produce (multiples of 4) gets a valid SCConv close to alpha."""
+    from dscnn.blocks.scconv import scconv_for_width
+
+    for channels in range(8, 520, 4):
+        block = scconv_for_width(channels, alpha=alpha)
+        up = block.cru.up_channels
+        assert up % 4 == 0 and 0 < up < channels
+        assert abs(up - alpha * channels) <= 2 or up in (4, channels - 2), (channels, up)
+    x = torch.randn(1, 60, 5, 5)
+    assert scconv_for_width(60, alpha=alpha)(x).shape == x.shape

@@ -1,0 +1,39 @@
+"""The one interface every pruning algorithm implements, so one driver runs them all (STYLE 9).
+
+The driver (`pruning.run.run_pruning`) loads and fuses the model, then calls, in order:
+``prepare`` (find groups, attach whatever the algorithm trains), trains the returned model with
+``param_groups`` for the optimizer and ``regularize`` after every backward pass, then ``prune``
+(physical removal; the result must meet the target), and records ``summary()`` in the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from torch import Tensor, nn
+
+from searchspace.train import TrainConfig
+
+
+class PruningAlgorithm(Protocol):
+    name: str  # short name used in reports and default output paths ("resrep", "csgd")
+
+    def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int) -> nn.Module:
+        """Set up on the deploy-form ``model``; return the module to train (may be ``model`` itself)."""
+        ...
+
+    def param_groups(self, model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups for training ``model`` (the module `prepare` returned)."""
+        ...
+
+    def regularize(self) -> None:
+        """Called after every ``loss.backward()``, before the optimizer step."""
+        ...
+
+    def prune(self, model: nn.Module) -> nn.Module:
+        """Turn the trained module into the pruned deploy model (plain layers, fewer channels)."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Algorithm-specific facts for the report (JSON-serialisable)."""
+        ...

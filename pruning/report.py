@@ -1,0 +1,97 @@
+"""What a pruning run reports: cost and accuracy before and after, per-layer widths, algorithm facts.
+
+Printed as a rich table and written as JSON beside the pruned model. FLOPs follow SPEC 0: fvcore
+multiply-accumulates of the deploy form at batch 1 (the unpruned model is measured fused too).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from dscnn.units import format_macs
+
+CONVENTION = "FLOPs = fvcore multiply-accumulates of the deploy form, batch 1 (SPEC 0)"
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """One model's cost and accuracy."""
+
+    params: int  # parameters of the deploy form
+    macs: int  # fvcore MACs of the deploy form at batch 1
+    latency_ms: float | None  # median batch-1 latency (SPEC 4 CPU protocol), None if not timed
+    accuracy: float | None  # top-1 on the validation split, in [0, 1]
+
+
+@dataclass
+class PruneReport:
+    """Everything a pruning run produced besides the model itself."""
+
+    method: str  # "resrep", "csgd", ...
+    source: str  # what was pruned (registry family:hash, or torchvision name)
+    target: str  # the target as given ("0.3G", "0.5x")
+    target_macs: float  # the target in MACs
+    before: ModelStats
+    after: ModelStats
+    accuracy_after_prune: float | None  # before any fine-tuning
+    widths: dict[str, tuple[int, int]]  # per conv / linear: output channels before, after
+    algorithm: dict[str, Any] = field(default_factory=dict)  # the algorithm's own summary
+    settings: dict[str, Any] = field(default_factory=dict)  # the run's resolved configuration
+    resolution: int = 0  # input size counted and timed at
+    latency_settings: dict[str, Any] | None = None
+    output: str = ""  # where the pruned model was written
+    convention: str = CONVENTION
+
+    @property
+    def macs_reduction(self) -> float:
+        """Fraction of the deploy MACs removed."""
+        return 1.0 - self.after.macs / self.before.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "macs_reduction": self.macs_reduction}
+
+    def write_json(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str))
+        return path
+
+    def print(self, console: Console | None = None) -> None:
+        console = console or Console()
+        table = Table(title=f"{self.method}: {self.source}, target {self.target} ({format_macs(self.target_macs)} MACs)")
+        for column in ("", "params", "FLOPs (MACs)", "latency ms", "top-1"):
+            table.add_column(column, justify="right")
+        for label, stats in (("unpruned", self.before), ("pruned", self.after)):
+            table.add_row(
+                label, f"{stats.params:,}", format_macs(stats.macs), _fmt(stats.latency_ms, "{:.3f}"),
+                _fmt(stats.accuracy, "{:.4f}"),
+            )
+        console.print(table)
+        console.print(
+            f"FLOPs -{self.macs_reduction:.1%}; top-1 right after pruning {_fmt(self.accuracy_after_prune, '{:.4f}')}; "
+            f"largest removed compactor row norm {_fmt(self.algorithm.get('max_removed_row_norm'), '{:.3g}')}"
+        )
+        changed = {k: v for k, v in self.widths.items() if v[0] != v[1]}
+        console.print(f"{len(changed)} of {len(self.widths)} layers narrowed: " + ", ".join(
+            f"{name} {a}->{b}" for name, (a, b) in list(changed.items())[:12]
+        ) + (" ..." if len(changed) > 12 else ""))
+        console.print(f"[dim]{self.convention}[/dim]")
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels (features) of every Conv2d / Linear, by module name."""
+    return {
+        name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else spec.format(value)

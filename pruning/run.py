@@ -1,0 +1,154 @@
+"""One pruning run, for any `pruning.algorithm.PruningAlgorithm`: load, fuse, measure, train with the
+algorithm's regularizer, prune, fine-tune, measure again, write the model and its report.
+
+Nothing is written until the pruned model has been checked (numerically, by the algorithm) and
+meets the FLOPs target; any bad input (target, checkpoint, data) is a ValueError before training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from dscnn.complexity import count_params
+from dscnn.cost import measure_deploy_cost
+from dscnn.latency import LatencySettings
+from pruning.algorithm import PruningAlgorithm
+from pruning.report import ModelStats, PruneReport, layer_widths
+from pruning.source import ModelSource, load_source
+from pruning.targets import parse_target
+from searchspace.data import DataConfig, ImageDataset, load_dataset
+from searchspace.train import TrainConfig, evaluate_accuracy, train_and_evaluate
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything about a pruning run that is not the algorithm's own knobs."""
+
+    target: str  # FLOPs target: "0.3G", "300M" (deploy MACs) or "0.5x" (of the current MACs)
+    dataset: str = "embedded"  # searchspace.data.DATASETS
+    data_dir: str | None = None  # None = $REPNAS_DATA
+    train_per_class: int = 0  # class-balanced training subset; 0 = all
+    val_per_class: int = 0  # class-balanced validation subset; 0 = all
+    epochs: int = 10  # training with the algorithm's regularizer (cosine LR to 0)
+    finetune_epochs: int = 0  # plain training of the pruned model afterwards
+    batch_size: int = 64
+    lr: float = 0.01  # peak LR; the deploy graph has no BN, so it wants less than training from scratch
+    momentum: float = 0.9  # SGD momentum of the model's own weights
+    weight_decay: float = 1e-4  # on kernels (not biases, not compactors)
+    device: str = "cpu"  # "cpu", "cuda", "auto"
+    seed: int = 0
+    out: str | None = None  # pruned model path; None = "<checkpoint>_<method>.pt" beside the input
+    time_latency: bool = True  # CPU batch-1 latency before and after (SPEC 4 protocol)
+    latency_threads: int = 1
+    progress: bool = True  # progress bars while training
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.finetune_epochs < 0:
+            raise ValueError(f"epochs must be >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or self.batch_size < 1:
+            raise ValueError(f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
+
+    def train_config(self, resolution: int, epochs: int) -> TrainConfig:
+        return TrainConfig(
+            epochs=epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay, resolution=resolution, device=self.device, seed=self.seed,
+        )
+
+
+def run_pruning(
+    algorithm: PruningAlgorithm,
+    config: RunConfig,
+    *,
+    checkpoint: str | None = None,
+    torchvision_model: str | None = None,
+    console: Console | None = None,
+) -> tuple[nn.Module, PruneReport]:
+    """Prune the model in ``checkpoint`` (or torchvision ``torchvision_model``) to ``config.target``."""
+    console = console or Console(stderr=True, quiet=not config.progress)
+    target = parse_target(config.target)  # bad targets fail before anything is loaded
+    out = _output_path(config, checkpoint, torchvision_model, algorithm.name)
+    source = load_source(checkpoint, None, num_classes=0) if torchvision_model is None else None
+    data = load_dataset(DataConfig(config.dataset, config.data_dir, config.train_per_class, config.val_per_class, config.seed))
+    if source is None:
+        source = load_source(checkpoint, torchvision_model, num_classes=data.num_classes)
+    if source.num_classes != data.num_classes:
+        raise ValueError(f"the model has {source.num_classes} outputs but {config.dataset} has {data.num_classes} classes")
+    resolution = source.resolution or data.resolution
+    train = config.train_config(resolution, config.epochs)
+    settings = LatencySettings(resolution=resolution, threads=config.latency_threads)
+
+    model = source.model
+    before = _stats(model, data, train, settings, config.time_latency)
+    target_macs = target.resolve(before.macs)
+    widths_before = layer_widths(model)
+    console.log(f"{source.label}: {before.macs / 1e6:.4g}M MACs, top-1 {before.accuracy:.4f}; target {target_macs / 1e6:.4g}M")
+
+    example = torch.zeros(1, 3, resolution, resolution)
+    steps_per_epoch = max(1, len(data.train_labels) // config.batch_size)
+    work = algorithm.prepare(model, target_macs, example, steps_per_epoch)
+    train_and_evaluate(
+        work, data, train, param_groups=algorithm.param_groups, after_backward=algorithm.regularize,
+        progress=config.progress,
+    )
+    pruned = algorithm.prune(work)
+    accuracy_after_prune = evaluate_accuracy(pruned, data, train)
+    if config.finetune_epochs:
+        train_and_evaluate(pruned, data, config.train_config(resolution, config.finetune_epochs), progress=config.progress)
+    pruned = pruned.cpu().eval()
+    after = _stats(pruned, data, train, settings, config.time_latency)
+    if after.macs > target_macs:  # the algorithm's promise; never write a model that breaks it
+        raise RuntimeError(f"{algorithm.name}: pruned model has {after.macs} MACs, above the target {target_macs:.0f}")
+
+    widths_after = layer_widths(pruned)
+    report = PruneReport(
+        method=algorithm.name, source=source.label, target=config.target, target_macs=target_macs,
+        before=before, after=after, accuracy_after_prune=accuracy_after_prune,
+        widths={k: (v, widths_after.get(k, 0)) for k, v in widths_before.items()},
+        algorithm=algorithm.summary(), settings=dataclasses.asdict(config), resolution=resolution,
+        latency_settings=settings.to_dict() if config.time_latency else None, output=str(out),
+    )
+    source.save(out, pruned, metrics=_metrics(report))
+    report.write_json(out.with_suffix(".json"))
+    return pruned, report
+
+
+def _stats(model: nn.Module, data: ImageDataset, train: TrainConfig, settings: LatencySettings, timed: bool) -> ModelStats:
+    model = model.cpu().eval()
+    cost = measure_deploy_cost(model, settings, time_latency=timed, to_deploy=_same)
+    accuracy = evaluate_accuracy(model, data, train)
+    model.cpu()
+    return ModelStats(count_params(model), cost.macs, cost.latency_ms if timed else None, accuracy)
+
+
+def _same(model: nn.Module) -> nn.Module:
+    return model  # already the deploy form; measure_deploy_cost neither changes nor keeps it
+
+
+def _metrics(report: PruneReport) -> dict[str, Any]:
+    return {
+        "accuracy": report.after.accuracy, "macs": report.after.macs, "params": report.after.params,
+        "unpruned_accuracy": report.before.accuracy, "unpruned_macs": report.before.macs,
+        "method": report.method, "target": report.target,
+    }
+
+
+def _output_path(config: RunConfig, checkpoint: str | None, torchvision_model: str | None, method: str) -> Path:
+    if config.out is not None:
+        out = Path(config.out)
+    elif torchvision_model is not None:
+        out = Path(f"{torchvision_model}_{method}.pt")
+    else:
+        out = Path(checkpoint or "model.pt").with_suffix("")
+        out = out.with_name(f"{out.name}_{method}.pt")
+    if checkpoint is not None and Path(checkpoint).resolve() == out.resolve():
+        raise ValueError(f"--out {str(out)!r} would overwrite the input checkpoint")
+    return out
+

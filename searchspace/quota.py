@@ -1,0 +1,86 @@
+"""The study's trial total, respected by every worker that shares the study.
+
+``--trials N`` is the study's total (every trial, in any state, counts: a FAIL is a finished
+trial too). Several workers (``search.py`` processes, or a Ray Tune driver) ask for trials from one
+study; a count-then-ask check in each of them would race at the end and add up to one extra trial
+per worker. `BoundedStudy.ask` does the check and the ask under one file lock, so on one machine
+the total is exact: trial numbers 0..N-1, none created beyond. The lock file sits beside the
+journal file (or the ``sqlite:///`` file); for server databases (PostgreSQL, MySQL) workers on
+different machines have no shared lock file, and the last few asks can race: at most
+``workers - 1`` extra trials, never a lost or duplicated one.
+
+interpretation: Optuna's own `MaxTrialsCallback` counts after a trial ends and has the same race;
+enqueued (WAITING) trials are popped before new ones are created and count toward N.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+
+class StudyFull(Exception):
+    """The study already holds its total number of trials and none is waiting to run."""
+
+
+def ask_lock_path(storage: str) -> str | None:
+    """The lock file that serialises asks for ``storage``; None for server databases."""
+    if storage.startswith("sqlite:///"):
+        return storage.removeprefix("sqlite:///") + ".ask.lock"
+    if "://" in storage:
+        return None
+    return storage + ".ask.lock"
+
+
+@contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class BoundedStudy(optuna.Study):
+    """An `optuna.Study` whose `ask` raises `StudyFull` instead of creating trial number ``total``.
+
+    `optuna.Study.optimize` asks through this method, so it stops there too (`StudyFull` ends the
+    optimize call; catch it).
+    """
+
+    def __init__(self, study: optuna.Study, total: int, lock_path: str | None) -> None:
+        if total < 1:
+            raise ValueError(f"the study total must be >= 1 trial, got {total}")
+        super().__init__(study.study_name, study._storage, sampler=study.sampler, pruner=study.pruner)
+        self.total = total
+        self.lock_path = lock_path
+
+    def locked(self) -> Any:
+        """The ask lock (a no-op context for server databases)."""
+        return _file_lock(self.lock_path) if self.lock_path else nullcontext()
+
+    def ask(self, fixed_distributions: dict[str, BaseDistribution] | None = None) -> optuna.Trial:
+        with self.locked():
+            trials = self.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if len(trials) >= self.total and not waiting:
+                raise StudyFull(f"study {self.study_name!r} holds its {self.total} trials")
+            with warnings.catch_warnings():
+                # ask/tell drivers (the Ray backend) run their own heartbeat thread
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                return super().ask(fixed_distributions)
+
+    def remaining(self) -> int:
+        """Trials still to be created or run: free slots plus WAITING (enqueued) trials."""
+        trials = self.get_trials(deepcopy=False)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        return max(0, self.total - len(trials)) + waiting
