@@ -94,6 +94,8 @@ def _values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[s
             study = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             parser.error(f"--study {args.study!r}: not valid TOML ({exc})")
+    if isinstance(study.get("search"), dict):  # a whole-chain study file (studies.run): its [search] table
+        study = study["search"]
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(study) - known)
     if unknown:
@@ -122,7 +124,8 @@ def _ray_config(v: dict[str, Any], parser: argparse.ArgumentParser, config: Sear
     given = {field: v[flag] for flag, field in RAY_FLAGS.items() if flag in v}
     if v.get("backend", "optuna") != "ray":
         if given:
-            parser.error(f"--{next(iter(k for k in RAY_FLAGS if k in v)).replace('_', '-')} needs --backend ray")
+            flag = next(k for k in RAY_FLAGS if k in v)
+            parser.error(f"--{flag.replace('_', '-')} needs --backend ray")
         return None
     if config.train.device == "cuda" and not given.get("gpus_per_trial"):
         parser.error("--device cuda with --backend ray needs --gpus-per-trial > 0")

@@ -2,8 +2,9 @@
 
 The driver (`pruning.run.run_pruning`) loads and fuses the model, then calls, in order:
 ``prepare`` (find groups, attach whatever the algorithm trains), trains the returned model with
-``param_groups`` for the optimizer and ``regularize`` after every backward pass, then ``prune``
-(physical removal; the result must meet the target), and records ``summary()`` in the report.
+``param_groups`` for the optimizer and ``regularize`` after every backward pass (with BatchNorms
+re-inserted after its biased convs, `pruning.retrain`, and folded back before the next call), then
+``prune`` (physical removal; the result must meet the target), and records ``summary()``.
 """
 
 from __future__ import annotations

@@ -9,14 +9,14 @@ at its unpruned value, so the estimate never undercounts: pruning only shrinks t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from dscnn.complexity import count_macs
-from pruning.groups import OUT, ChannelGroup
+from pruning.groups import IN, OUT, ChannelGroup
 
 
 @dataclass
@@ -75,7 +75,7 @@ class CostState:
         self.macs = model.total_macs
 
     def _counts(self, name: str) -> tuple[int, int]:
-        return self.removed.get((name, OUT), 0), self.removed.get((name, "in"), 0)
+        return self.removed.get((name, OUT), 0), self.removed.get((name, IN), 0)
 
     def can_remove(self, root: str, channel: int) -> bool:
         """False if ``channel`` is gone already or removing it would leave some layer without channels."""
@@ -118,7 +118,7 @@ def _layer_table(model: nn.Module, example: Tensor) -> dict[str, _Layer]:
     return table
 
 
-def _recorder(name: str, table: dict[str, _Layer]):  # type: ignore[no-untyped-def]
+def _recorder(name: str, table: dict[str, _Layer]) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         if isinstance(module, nn.Conv2d):
             area = module.kernel_size[0] * module.kernel_size[1] * output.shape[-2] * output.shape[-1]

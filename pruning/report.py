@@ -18,6 +18,12 @@ from torch import nn
 from dscnn.units import format_macs
 
 CONVENTION = "FLOPs = fvcore multiply-accumulates of the deploy form, batch 1 (SPEC 0)"
+#: Algorithm summary entries printed under the table (key -> label), when the algorithm reports them.
+HEADLINE_FACTS = {
+    "max_removed_row_norm": "largest removed compactor row norm",  # ResRep
+    "max_cluster_distance": "largest within-cluster distance",  # C-SGD
+    "merge_relative_error": "output change by the merge (relative)",  # C-SGD
+}
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,8 @@ class PruneReport:
 
     def print(self, console: Console | None = None) -> None:
         console = console or Console()
-        table = Table(title=f"{self.method}: {self.source}, target {self.target} ({format_macs(self.target_macs)} MACs)")
+        title = f"{self.method}: {self.source}, target {self.target} ({format_macs(self.target_macs)} MACs)"
+        table = Table(title=title)
         for column in ("", "params", "FLOPs (MACs)", "latency ms", "top-1"):
             table.add_column(column, justify="right")
         for label, stats in (("unpruned", self.before), ("pruned", self.after)):
@@ -73,9 +80,11 @@ class PruneReport:
                 _fmt(stats.accuracy, "{:.4f}"),
             )
         console.print(table)
+        facts = [f"{text} {self.algorithm[key]:.3g}" for key, text in HEADLINE_FACTS.items()
+                 if self.algorithm.get(key) is not None]
         console.print(
-            f"FLOPs -{self.macs_reduction:.1%}; top-1 right after pruning {_fmt(self.accuracy_after_prune, '{:.4f}')}; "
-            f"largest removed compactor row norm {_fmt(self.algorithm.get('max_removed_row_norm'), '{:.3g}')}"
+            f"FLOPs -{self.macs_reduction:.1%}; top-1 right after pruning {_fmt(self.accuracy_after_prune, '{:.4f}')}"
+            + "".join(f"; {fact}" for fact in facts)
         )
         changed = {k: v for k, v in self.widths.items() if v[0] != v[1]}
         console.print(f"{len(changed)} of {len(self.widths)} layers narrowed: " + ", ".join(

@@ -1,6 +1,9 @@
 """One pruning run, for any `pruning.algorithm.PruningAlgorithm`: load, fuse, measure, train with the
 algorithm's regularizer, prune, fine-tune, measure again, write the model and its report.
 
+Training (with the regularizer, and the fine-tuning) runs on the deploy graph with its BatchNorms
+temporarily re-inserted (`pruning.retrain`): the fused graph alone is too ill-conditioned for SGD.
+
 Nothing is written until the pruned model has been checked (numerically, by the algorithm) and
 meets the FLOPs target; any bad input (target, checkpoint, data) is a ValueError before training.
 """
@@ -17,15 +20,17 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from dscnn.complexity import count_params
+from dscnn.complexity import count_macs, count_params
 from dscnn.cost import measure_deploy_cost
 from dscnn.latency import LatencySettings
+from dscnn.units import format_macs
 from pruning.algorithm import PruningAlgorithm
 from pruning.report import ModelStats, PruneReport, layer_widths
+from pruning.retrain import train_deploy
 from pruning.source import ModelSource, load_source
 from pruning.targets import parse_target
 from searchspace.data import DataConfig, ImageDataset, load_dataset
-from searchspace.train import TrainConfig, evaluate_accuracy, train_and_evaluate
+from searchspace.train import TrainConfig, evaluate_accuracy
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ class RunConfig:
     epochs: int = 10  # training with the algorithm's regularizer (cosine LR to 0)
     finetune_epochs: int = 0  # plain training of the pruned model afterwards
     batch_size: int = 64
-    lr: float = 0.01  # peak LR; the deploy graph has no BN, so it wants less than training from scratch
+    lr: float = 0.01  # peak LR (training starts from a trained model: less than from scratch)
     momentum: float = 0.9  # SGD momentum of the model's own weights
     weight_decay: float = 1e-4  # on kernels (not biases, not compactors)
     device: str = "cpu"  # "cpu", "cuda", "auto"
@@ -73,35 +78,29 @@ def run_pruning(
 ) -> tuple[nn.Module, PruneReport]:
     """Prune the model in ``checkpoint`` (or torchvision ``torchvision_model``) to ``config.target``."""
     console = console or Console(stderr=True, quiet=not config.progress)
-    target = parse_target(config.target)  # bad targets fail before anything is loaded
     out = _output_path(config, checkpoint, torchvision_model, algorithm.name)
-    source = load_source(checkpoint, None, num_classes=0) if torchvision_model is None else None
-    data = load_dataset(DataConfig(config.dataset, config.data_dir, config.train_per_class, config.val_per_class, config.seed))
-    if source is None:
-        source = load_source(checkpoint, torchvision_model, num_classes=data.num_classes)
-    if source.num_classes != data.num_classes:
-        raise ValueError(f"the model has {source.num_classes} outputs but {config.dataset} has {data.num_classes} classes")
+    source, data, target_macs = _load(config, checkpoint, torchvision_model)
     resolution = source.resolution or data.resolution
     train = config.train_config(resolution, config.epochs)
     settings = LatencySettings(resolution=resolution, threads=config.latency_threads)
 
     model = source.model
     before = _stats(model, data, train, settings, config.time_latency)
-    target_macs = target.resolve(before.macs)
     widths_before = layer_widths(model)
-    console.log(f"{source.label}: {before.macs / 1e6:.4g}M MACs, top-1 {before.accuracy:.4f}; target {target_macs / 1e6:.4g}M")
+    console.log(f"{source.label}: {format_macs(before.macs)} MACs, top-1 {before.accuracy:.4f}; "
+                f"target {format_macs(target_macs)}")
 
     example = torch.zeros(1, 3, resolution, resolution)
     steps_per_epoch = max(1, len(data.train_labels) // config.batch_size)
     work = algorithm.prepare(model, target_macs, example, steps_per_epoch)
-    train_and_evaluate(
+    train_deploy(
         work, data, train, param_groups=algorithm.param_groups, after_backward=algorithm.regularize,
         progress=config.progress,
     )
     pruned = algorithm.prune(work)
     accuracy_after_prune = evaluate_accuracy(pruned, data, train)
     if config.finetune_epochs:
-        train_and_evaluate(pruned, data, config.train_config(resolution, config.finetune_epochs), progress=config.progress)
+        train_deploy(pruned, data, config.train_config(resolution, config.finetune_epochs), progress=config.progress)
     pruned = pruned.cpu().eval()
     after = _stats(pruned, data, train, settings, config.time_latency)
     if after.macs > target_macs:  # the algorithm's promise; never write a model that breaks it
@@ -120,7 +119,32 @@ def run_pruning(
     return pruned, report
 
 
-def _stats(model: nn.Module, data: ImageDataset, train: TrainConfig, settings: LatencySettings, timed: bool) -> ModelStats:
+def _load(
+    config: RunConfig, checkpoint: str | None, torchvision_model: str | None
+) -> tuple[ModelSource, ImageDataset, float]:
+    """The model (deploy form, CPU), the data and the target in MACs; cheap checks come first."""
+    target = parse_target(config.target)
+    source = load_source(checkpoint, None, num_classes=0) if torchvision_model is None else None
+    macs = count_macs(source.model, source.resolution) if source is not None else None
+    if macs is not None:
+        target.resolve(macs)  # a target at or above the current FLOPs fails before the data loads
+    data = load_dataset(
+        DataConfig(config.dataset, config.data_dir, config.train_per_class, config.val_per_class, config.seed)
+    )
+    if source is None:
+        source = load_source(checkpoint, torchvision_model, num_classes=data.num_classes)
+        macs = count_macs(source.model, data.resolution)
+    if source.num_classes != data.num_classes:
+        raise ValueError(
+            f"the model has {source.num_classes} outputs but {config.dataset} has {data.num_classes} classes"
+        )
+    source.model.cpu().eval()
+    return source, data, target.resolve(float(macs))
+
+
+def _stats(
+    model: nn.Module, data: ImageDataset, train: TrainConfig, settings: LatencySettings, timed: bool
+) -> ModelStats:
     model = model.cpu().eval()
     cost = measure_deploy_cost(model, settings, time_latency=timed, to_deploy=_same)
     accuracy = evaluate_accuracy(model, data, train)

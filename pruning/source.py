@@ -61,7 +61,8 @@ def load_source(checkpoint: str | None, torchvision_model: str | None, *, num_cl
     model, info = load_checkpoint(checkpoint)
     reparameterize_model(model)
     config = info.config
-    return ModelSource(model.eval(), f"{config.family}:{config.arch_hash()}", config.resolution, config.num_classes, "checkpoint")
+    label = f"{config.family}:{config.arch_hash()}"
+    return ModelSource(model.eval(), label, config.resolution, config.num_classes, "checkpoint")
 
 
 def _torchvision(name: str, state_path: str | None, num_classes: int) -> ModelSource:

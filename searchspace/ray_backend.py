@@ -47,7 +47,6 @@ from typing import Any
 
 import optuna
 import ray
-from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -61,7 +60,7 @@ from searchspace.device_lock import DeviceLock
 from searchspace.objective import SearchObjective
 from searchspace.quota import BoundedStudy, StudyFull
 from searchspace.run import SearchConfig, SearchResult, prepare_search, write_outputs
-from searchspace.storage import mark_worker, worker_id
+from searchspace.storage import heartbeat_interval, mark_worker, worker_id
 from searchspace.train import TrainConfig, train_and_evaluate
 
 METRIC = "accuracy"  # validation accuracy, reported after every epoch
@@ -107,18 +106,19 @@ def run_ray_search(
     if config.train.device.startswith("cuda") and ray_config.gpus_per_trial <= 0:
         raise ValueError("--device cuda with --backend ray needs --gpus-per-trial > 0 (Ray hides GPUs from trials without)")
     study, data, objective = prepare_search(config, console)
+    searcher = StudySearcher(study, objective)
+    if study.remaining() == 0:
+        console.log(f"study {config.study_name!r} already has {config.trials} trials; raise --trials to add more")
+        return write_outputs(config, study, 0, console)
     started = not ray.is_initialized()
     if started:
         ray.init(address=ray_config.address, num_cpus=None if ray_config.address else ray_config.num_cpus,
                  include_dashboard=False, log_to_driver=show_progress)
     try:
-        searcher = StudySearcher(study, objective)
-        if study.remaining() == 0:
-            console.log(f"study {config.study_name!r} already has {config.trials} trials; raise --trials to add more")
-        else:
-            with _heartbeats(study, searcher):
-                _tuner(config, ray_config, searcher, data, train_model, show_progress).fit()
+        with _heartbeats(study, searcher):
+            _tuner(config, ray_config, searcher, data, train_model, show_progress).fit()
     finally:
+        searcher.fail_unfinished()  # e.g. the driver was interrupted: nothing stays RUNNING
         if started:
             ray.shutdown()
     return write_outputs(config, study, searcher.launched, console)
@@ -143,6 +143,7 @@ def _tuner(
             search_alg=searcher, scheduler=scheduler, num_samples=-1,  # the searcher ends the run (study total)
             max_concurrent_trials=ray_config.concurrency, time_budget_s=config.timeout_s,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            reuse_actors=True,  # a worker process imports torch once, not once per trial
         ),
         run_config=tune.RunConfig(
             name=f"{config.study_name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
@@ -201,6 +202,11 @@ class StudySearcher(Searcher):
         # Tuner pickles its configuration for Tuner.restore, which this backend does not use; the
         # study (storage locks, open files) is not picklable, so only the metric/mode go along.
         return {"_metric": self._metric, "_mode": self._mode}
+
+    def fail_unfinished(self) -> None:
+        """Tell FAIL every trial Ray never reported complete (the run ended abnormally)."""
+        for trial_id in list(self._trials):
+            self.on_trial_complete(trial_id, None, error=True)
 
     def trial_number(self, trial_id: str) -> int | None:
         trial = self._trials.get(trial_id)
@@ -311,16 +317,15 @@ def _train(model: nn.Module, data: ImageDataset, train: TrainConfig, on_epoch: C
 
 
 def _record_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
-    storage = study._storage
-    if isinstance(storage, RDBStorage) and storage.get_heartbeat_interval():
-        storage.record_heartbeat(trial._trial_id)
+    if heartbeat_interval(study._storage):
+        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
 
 
 @contextmanager
 def _heartbeats(study: optuna.Study, searcher: StudySearcher) -> Iterator[None]:
     """On RDB storages, keep the heartbeat of every trial Ray runs alive (ask/tell has no heartbeat thread)."""
-    storage = study._storage
-    interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+    storage: Any = study._storage
+    interval = heartbeat_interval(storage)
     if not interval:
         yield
         return

@@ -197,7 +197,12 @@ def write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int
     if report.trained(rows):
         report.plot_pareto(rows, out / "pareto.png", out / "pareto.html", config.budget_ms, title)
         report.print_table(front, console)
-    if best is not None and best.checkpoint:
+    if best is not None and best.checkpoint and not Path(best.checkpoint).is_file():
+        # a worker on another machine trained it (PostgreSQL storage without a shared --out)
+        budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs}
+        report.write_best_json(out / "best.json", best, budget)
+        console.log(f"best: {best.label}; its checkpoint {best.checkpoint} is not on this machine: best.json only")
+    elif best is not None and best.checkpoint:
         budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs}
         report.write_best_json(out / "best.json", best, budget)
         shutil.copyfile(best.checkpoint, out / "best.pt")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 
 import optuna
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -24,7 +26,9 @@ HEARTBEAT_GRACE_S = 180  # ... and its trial is failed once the last heartbeat i
 def open_storage(storage: str) -> BaseStorage:
     """A journal file for a plain path; an `RDBStorage` with heartbeats for ``sqlite://``/``postgresql://`` URLs."""
     if "://" in storage:
-        return RDBStorage(storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: experimental since Optuna 2.9
+            return RDBStorage(storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S)
     directory = os.path.dirname(os.path.abspath(storage))
     if not os.path.isdir(directory):
         raise ValueError(f"--storage {storage!r}: directory {directory!r} does not exist")
@@ -63,12 +67,19 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
+def heartbeat_interval(storage: BaseStorage) -> int | None:
+    """Seconds between heartbeats when ``storage`` keeps them (RDB, also behind Optuna's cache), else None."""
+    interval = getattr(storage, "get_heartbeat_interval", None)  # Optuna does not export BaseHeartbeat
+    return interval() if interval is not None else None
+
+
 def _fail_stale(study: optuna.Study) -> list[int]:
-    storage = study._storage
-    if not (isinstance(storage, RDBStorage) and storage.get_heartbeat_interval()):
+    if not heartbeat_interval(study._storage):
         return []
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in running]
 
 

@@ -108,3 +108,50 @@ def test_unknown_family_or_field(model: nn.Module, tmp_path: Path) -> None:
 def test_only_registry_models(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="only registry models"):
         save_checkpoint(tmp_path / "m.pt", nn.Linear(2, 2))
+
+
+def _channel_pruned(name: str, **overrides: object) -> nn.Module:
+    """A deploy model with a few channels removed from every prunable group (residual and depthwise)."""
+    from pruning import find_groups, remove_channels
+
+    torch.manual_seed(0)
+    model = dscnn.reparameterize_model(dscnn.create_model(name, resolution=32, num_classes=10, **overrides))
+    x = torch.zeros(1, 3, 32, 32)
+    groups = find_groups(model, x).groups
+    return remove_channels(model, groups, {g.root: range(0, g.size, 3) for g in groups}, x).eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("resnet20", {"widths": (8, 16, 32)}), ("dscnn_t0", {"widths": (8, 16, 24, 32), "depths": (1, 1, 2, 1), "head_dim": 32})],
+)
+def test_pruned_deploy_roundtrip(tmp_path: Path, name: str, overrides: dict[str, object]) -> None:
+    pruned = _channel_pruned(name, **overrides)
+    fresh = dscnn.reparameterize_model(dscnn.create_model(name, resolution=32, num_classes=10, **overrides))
+    assert any(p.shape != q.shape for p, q in zip(pruned.state_dict().values(), fresh.state_dict().values()))
+    path = save_checkpoint(tmp_path / "pruned.pt", pruned, metrics={"macs": 1}, pruned=True)
+    loaded, info = load_checkpoint(path)
+    assert info.pruned and info.form == "deploy" and info.metrics == {"macs": 1}
+    shapes = {k: v.shape for k, v in loaded.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in pruned.state_dict().items()}
+    depthwise = [m for m in loaded.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    assert torch.equal(_outputs(loaded), _outputs(pruned))
+
+
+def test_pruned_model_needs_the_pruned_flag(tmp_path: Path) -> None:
+    pruned = _channel_pruned("resnet20", widths=(8, 16, 32))
+    with pytest.raises(CheckpointError, match="shape mismatch"):  # unflagged: the usual clear error
+        load_checkpoint(save_checkpoint(tmp_path / "plain.pt", pruned))
+    with pytest.raises(CheckpointError, match="must be in deploy form"):
+        save_checkpoint(tmp_path / "train.pt", dscnn.create_model("resnet20"), pruned=True)
+    assert not (tmp_path / "train.pt").exists()
+
+
+def test_pruned_checkpoint_with_foreign_kernel_is_refused(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "p.pt", _channel_pruned("resnet20", widths=(8, 16, 32)), pruned=True)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["stem.0.conv.weight"] = torch.zeros(4, 3, 5, 5)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="stem.0.conv: stored kernel"):
+        load_checkpoint(tmp_path / "bad.pt")

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from dscnn.latency import LatencySettings
 from searchspace.data import DataConfig
 from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
 from searchspace.run import SearchConfig, run_search
-from searchspace.storage import WORKER_ATTR, open_storage
+from searchspace.storage import HEARTBEAT_INTERVAL_S, WORKER_ATTR, fail_orphaned_trials, open_storage
 from searchspace.train import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -141,3 +142,17 @@ def test_bounded_study_never_creates_beyond_its_total(tmp_path: Path) -> None:
     third = study.ask()
     assert third.suggest_float("x", 0, 5) == 3.0 and study.remaining() == 0
     assert ask_lock_path("postgresql://h/db") is None and ask_lock_path("sqlite:///a/b.db") == "a/b.db.ask.lock"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # this test asks outside optimize on purpose
+def test_rdb_storage_fails_trials_whose_heartbeat_stopped(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.sqlite'}"
+    assert open_storage(url).get_heartbeat_interval() == HEARTBEAT_INTERVAL_S  # URLs get Optuna's heartbeat
+    storage = RDBStorage(url, heartbeat_interval=1, grace_period=1)  # short, for the test
+    study = optuna.create_study(study_name="h", storage=storage)
+    silent, beating, no_heartbeat = study.ask(), study.ask(), study.ask()
+    storage.record_heartbeat(silent._trial_id)  # a worker on another machine that then died
+    time.sleep(2.2)
+    storage.record_heartbeat(beating._trial_id)
+    assert fail_orphaned_trials(study) == [silent.number]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]

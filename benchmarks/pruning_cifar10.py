@@ -1,0 +1,222 @@
+"""CIFAR-10 pruning benchmark: ResRep vs Torch-Pruning L1 magnitude pruning + fine-tuning, ~50% FLOPs.
+
+For each model (ResNet-56 and a small DSCNN): train it from scratch, then prune its deploy form to
+half its FLOPs (a) with ResRep (`pruning.resrep`, its compactor training counts as the epoch
+budget) and (b) with Torch-Pruning's L1 `MagnitudePruner` (one uniform per-layer ratio, bisected
+so the FLOPs land at the same target) followed by plain fine-tuning for the same number of epochs
+(both train the deploy graph with BN re-inserted, `pruning.retrain`).
+Reports top-1, deploy FLOPs (fvcore MACs, batch 1), deploy params and CPU batch-1 latency (1
+thread, SPEC 4 protocol) for unpruned / ResRep / magnitude, as a table and as JSON.
+
+Scale (the default fits well under 40 minutes on 2 idle cores; SPEC 8: one full CIFAR-10 epoch of
+ResNet-56 takes ~7 minutes there): a class-balanced subset (default 200 train + 100 val images per
+class), 10 epochs of base training and a pruning budget of 6 epochs. Accuracies are far below published
+full-schedule numbers (ResNet-56: 93.7%); the comparison between methods at equal budget is the
+point. ResRep's lasso strength is scaled to the short schedule (the paper's 1e-4 assumes hundreds
+of epochs: with compactor momentum 0.99 a masked row shrinks by about 100*lr*lasso per step).
+
+    python benchmarks/pruning_cifar10.py --data-dir /work/shared/data/cifar10
+    python benchmarks/pruning_cifar10.py --train-per-class 5000 --val-per-class 1000 --base-epochs 60 \
+        --prune-epochs 30 --device cuda                     # full data on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+import dscnn
+from dscnn.environment import environment
+from dscnn.units import format_macs
+from pruning.flops import CostModel
+from pruning.groups import find_groups
+from pruning.masking import update_masks
+from pruning.resrep import ResRep, ResRepConfig
+from pruning.retrain import train_deploy
+from pruning.run import RunConfig, run_pruning
+from searchspace.data import DataConfig, ImageDataset, load_dataset
+from searchspace.train import TrainConfig, evaluate_accuracy, train_and_evaluate
+
+#: label -> (registry model, overrides at 32x32 / 10 classes)
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet56": ("resnet56", {}),
+    # stem stride 2 at 32x32: stage 1 at 16x16 (the train form's 7-branch RepASO is costly at full size)
+    "dscnn_small": ("dscnn_t0", {"widths": (24, 48, 96, 192), "depths": (1, 2, 4, 1), "head_dim": 512, "stem_stride": 2}),
+}
+TARGET = "0.5x"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=os.environ.get("REPNAS_DATA"), help="CIFAR-10 folder (default $REPNAS_DATA)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--train-per-class", type=int, default=200)
+    p.add_argument("--val-per-class", type=int, default=100)
+    p.add_argument("--base-epochs", type=int, default=10, help="training of the unpruned model")
+    p.add_argument("--prune-epochs", type=int, default=6, help="ResRep epochs = magnitude fine-tune epochs")
+    p.add_argument("--batch-size", type=int, default=32, help="small batches: more steps for the compactors")
+    p.add_argument("--base-lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.01, help="LR of ResRep training and of the fine-tuning")
+    p.add_argument("--lasso", type=float, default=1e-2, help="ResRep lasso (scaled to the short schedule)")
+    p.add_argument("--mask-interval", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2, help="torch threads for training (latency: 1 thread)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "repnas_pruning_cifar10"),
+                   help="where the trained and pruned checkpoints go (not committed)")
+    p.add_argument("--out", default="benchmarks/results/pruning_cifar10.json")
+    return p.parse_args(argv)
+
+
+def stats(model: nn.Module, data: ImageDataset, train: TrainConfig, elapsed_s: float) -> dict[str, Any]:
+    """Deploy params, MACs, CPU latency and top-1 of a deploy-form model."""
+    model = model.cpu().eval()
+    cost = dscnn.measure_deploy_cost(model, dscnn.LatencySettings(resolution=32), to_deploy=lambda m: m)
+    accuracy = evaluate_accuracy(model, data, train)
+    model.cpu()
+    return {"accuracy": accuracy, "macs": cost.macs, "params": cost.params_deploy, "latency_ms": cost.latency_ms,
+            "seconds": round(elapsed_s, 1)}
+
+
+def resrep_granularity(deploy: nn.Module, epochs: int, steps_per_epoch: int, interval: int) -> int:
+    """Channels per mask update so that the masks surely reach the target by 60% of ResRep's training.
+
+    The count is bounded by masking the channels that save the fewest MACs first (the worst order).
+    """
+    example = torch.zeros(1, 3, 32, 32)
+    groups = find_groups(deploy, example).groups
+    cost = CostModel(deploy, groups, example)
+    saving = {g.root: torch.full((g.size,), float(cost.total_macs - cost.macs({g.root: [0]}))) for g in groups}
+    none = {g.root: torch.zeros(g.size, dtype=torch.bool) for g in groups}
+    needed = update_masks(saving, none, cost, 0.5 * cost.total_macs, None).count
+    updates = max(1, int((0.6 * epochs - 1) * steps_per_epoch) // interval)  # after a one-epoch warm-up
+    return max(4, math.ceil(needed / updates))
+
+
+def magnitude_prune(deploy: nn.Module, target_macs: float) -> tuple[nn.Module, float]:
+    """Torch-Pruning L1 magnitude pruning at the smallest uniform ratio whose FLOPs meet the target."""
+    example = torch.zeros(1, 3, 32, 32)
+
+    def pruned_at(ratio: float) -> nn.Module:
+        model = copy.deepcopy(deploy)
+        classifier = model.get_classifier()
+        pruner = tp.pruner.MagnitudePruner(
+            model, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
+            ignored_layers=[classifier],
+        )
+        pruner.step()
+        return model
+
+    low, high = 0.0, 0.95
+    for _ in range(12):  # bisection on the ratio: FLOPs fall as it grows
+        mid = (low + high) / 2
+        if dscnn.count_macs(pruned_at(mid), 32) <= target_macs:
+            high = mid
+        else:
+            low = mid
+    return pruned_at(high), high
+
+
+def trained_base(
+    label: str, args: argparse.Namespace, data: ImageDataset, config: TrainConfig
+) -> tuple[nn.Module, Path]:
+    """The trained unpruned model: reused from ``--work-dir`` when trained with the same settings."""
+    name, overrides = MODELS[label]
+    key = json.dumps([name, overrides, args.train_per_class, args.val_per_class, repr(config)], default=str)
+    path = Path(args.work_dir) / f"{label}.pt"
+    if path.is_file():
+        model, info = dscnn.load_checkpoint(path)
+        if info.extra.get("bench_key") == key:
+            return model, path
+    torch.manual_seed(0)
+    model = dscnn.create_model(name, num_classes=10, resolution=32, **overrides)
+    train_and_evaluate(model, data, config, progress=True)
+    return model.cpu(), dscnn.save_checkpoint(path, model.cpu(), extra={"bench_key": key})
+
+
+def bench_model(label: str, args: argparse.Namespace, data: ImageDataset, console: Console) -> dict[str, Any]:
+    name, overrides = MODELS[label]
+    work = Path(args.work_dir)
+    base_cfg = TrainConfig(epochs=args.base_epochs, batch_size=args.batch_size, lr=args.base_lr, device=args.device,
+                           warmup_epochs=1.0)
+    prune_cfg = TrainConfig(epochs=args.prune_epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9,
+                            weight_decay=1e-4, device=args.device)
+    t0 = time.perf_counter()
+    model, ckpt = trained_base(label, args, data, base_cfg)
+    deploy = dscnn.deploy_copy(model)
+    unpruned = stats(deploy, data, prune_cfg, time.perf_counter() - t0)
+    console.log(f"{label}: unpruned top-1 {unpruned['accuracy']:.4f}, {format_macs(unpruned['macs'])} MACs")
+
+    steps = max(1, len(data.train_labels) // args.batch_size)
+    granularity = resrep_granularity(deploy, args.prune_epochs, steps, args.mask_interval)
+    t0 = time.perf_counter()
+    resrep_cfg = ResRepConfig(lasso=args.lasso, mask_interval=args.mask_interval, granularity=granularity, warmup_epochs=1.0)
+    run = RunConfig(
+        target=TARGET, dataset="cifar10", data_dir=args.data_dir, train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class, epochs=args.prune_epochs, batch_size=args.batch_size, lr=args.lr,
+        device=args.device, out=str(work / f"{label}_resrep.pt"),
+    )
+    _, report = run_pruning(ResRep(resrep_cfg), run, checkpoint=str(ckpt))
+    resrep = stats(dscnn.load_checkpoint(report.output)[0], data, prune_cfg, time.perf_counter() - t0)
+    resrep.update(accuracy_right_after_prune=report.accuracy_after_prune,
+                  max_removed_row_norm=report.algorithm["max_removed_row_norm"],
+                  forced_final_mask=report.algorithm["forced_final_mask"], granularity=granularity)
+
+    t0 = time.perf_counter()
+    pruned, ratio = magnitude_prune(deploy, report.target_macs)
+    right_after = evaluate_accuracy(pruned, data, prune_cfg)
+    train_deploy(pruned, data, prune_cfg, progress=True)  # BN put back while training, as for ResRep
+    magnitude = stats(pruned, data, prune_cfg, time.perf_counter() - t0)
+    magnitude.update(accuracy_right_after_prune=right_after, pruning_ratio=round(ratio, 4))
+    return {"model": name, "overrides": overrides, "target_macs": report.target_macs,
+            "unpruned": unpruned, "resrep": resrep, "magnitude": magnitude}
+
+
+def print_table(results: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"CIFAR-10 pruning to {TARGET} FLOPs (fvcore MACs of the deploy form, batch 1)")
+    for column in ("model", "method", "top-1", "FLOPs", "params", "CPU ms (b1, 1 thr)", "top-1 before fine-tune"):
+        table.add_column(column, justify="right")
+    for label, result in results.items():
+        for method in ("unpruned", "resrep", "magnitude"):
+            r = result[method]
+            after = r.get("accuracy_right_after_prune")
+            table.add_row(label, method, f"{r['accuracy']:.4f}", format_macs(r["macs"]), f"{r['params']:,}",
+                          f"{r['latency_ms']:.3f}", "-" if after is None else f"{after:.4f}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    console = Console()
+    data = load_dataset(DataConfig("cifar10", args.data_dir, args.train_per_class, args.val_per_class))
+    start = time.perf_counter()
+    results = {label: bench_model(label, args, data, console) for label in args.models}
+    print_table(results, console)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": "pruning_cifar10", "target": TARGET, "settings": vars(args), "results": results,
+        "total_minutes": round((time.perf_counter() - start) / 60, 1),
+        "environment": environment("cpu", 1), "convention": "FLOPs = fvcore MACs of the deploy form, batch 1",
+    }
+    out.write_text(json.dumps(record, indent=2, default=str))
+    console.print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

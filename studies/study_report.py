@@ -1,0 +1,153 @@
+"""The report of a study (`studies.run`): ``report.md`` plus PNGs, readable without running anything."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from dscnn.environment import environment
+from dscnn.units import format_macs
+from studies.run import StudyPlan
+
+Record = dict[str, Any]
+
+
+def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) -> Path:
+    folder = plan.stage_dir("report")
+    search, retrain, prune, export = (records[s] for s in ("search", "retrain", "prune", "export"))
+    pareto = Path(search["out"]) / "pareto.png"
+    if pareto.is_file():
+        shutil.copyfile(pareto, folder / "pareto.png")
+    _plot_widths(prune["report"]["widths"], folder / "widths.png")
+    dashboard = _dashboard_screenshot(search, folder / "dashboard.png", console)
+    pr = prune["report"]
+    before, after = pr["before"], pr["after"]
+    onnx = export.get("onnx", {})
+    lines = [
+        f"# Study `{plan.path.stem}`",
+        "",
+        f"Search: {search['finished_trials']} trials in study `{search['study_name']}` ({search['storage']}), "
+        f"budget {search['budget_ms']} ms on {search['device']} ({search['threads']} thread(s), batch 1, deploy form).",
+        "FLOPs = fvcore multiply-accumulates of the deploy form at batch 1.",
+        "",
+        "## Accuracy vs latency",
+        "",
+        "![Pareto plot: searched trials, Pareto front, hand-designed baselines (stars), budget](pareto.png)",
+        "",
+        f"## Winner: {search['best_trial']} ({search['arch'].get('family')})",
+        "",
+        _describe(search["arch"]),
+        "",
+        "| field | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in search["arch"].items()],
+        "",
+        f"Proxy accuracy in the search {search['best_accuracy']:.4f}; retrained for {retrain['epochs']} epochs: "
+        f"{retrain['accuracy']:.4f}.",
+        "",
+        f"## Before and after pruning ({pr['method']}, target {pr['target']} = {format_macs(pr['target_macs'])} MACs)",
+        "",
+        "| model | params | FLOPs (MACs) | latency ms | top-1 |",
+        "|---|---|---|---|---|",
+        _stats_row("retrained winner", before),
+        _stats_row(f"pruned ({pr['method']})", after),
+        "",
+        f"FLOPs -{pr['macs_reduction']:.1%}; top-1 right after pruning, before fine-tuning: "
+        f"{_fmt(pr['accuracy_after_prune'])}.",
+        "",
+        "![Per-layer output widths before and after pruning](widths.png)",
+        "",
+        "## Export",
+        "",
+        f"ONNX `{onnx.get('path')}`: largest relative error vs PyTorch "
+        f"{max((c['max_rel_error'] for c in onnx.get('checks', [])), default=float('nan')):.2e}; "
+        f"BatchNorm nodes {onnx.get('batchnorm_nodes', '-')}; "
+        f"onnxruntime latency {_latency(onnx.get('onnx_latency'))} ms vs PyTorch {_latency(onnx.get('torch_latency'))} ms.",
+        "",
+        "## Dashboard",
+        "",
+        "![optuna-dashboard showing a trial's latency and FLOPs](dashboard.png)" if dashboard
+        else "optuna-dashboard could not be checked here (no chromium); run `optuna-dashboard "
+        f"{search['storage']}`.",
+        "",
+        "## Environment",
+        "",
+        "```json",
+        json.dumps(environment(search["device"], search["threads"]), indent=2),
+        "```",
+        "",
+        "## Commands",
+        "",
+        "```bash",
+        f"python -m studies.run {plan.path}        # all stages; reruns skip finished ones",
+        f"optuna-dashboard {search['storage']}",
+        "```",
+    ]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _describe(arch: dict[str, Any]) -> str:
+    depths, widths = arch.get("depths"), arch.get("widths")
+    parts = [f"A {arch.get('family')} network at {arch.get('resolution')}x{arch.get('resolution')} input",
+             f"stem stride {arch.get('stem_stride') or 'auto'}"]
+    if depths and widths:
+        parts.append("stages " + ", ".join(f"{d} block(s) of width {w}" for d, w in zip(depths, widths)))
+    if "branch_set" in arch:
+        parts.append(f"RepASO branch set {arch['branch_set']}")
+    if "spatial_ops" in arch:
+        parts.append("spatial operators " + "/".join(arch["spatial_ops"]))
+    if "activation" in arch:
+        parts.append(f"{arch['activation']} activations")
+    return "; ".join(parts) + "."
+
+
+def _stats_row(label: str, stats: dict[str, Any]) -> str:
+    return (f"| {label} | {stats['params']:,} | {format_macs(stats['macs'])} | {_fmt(stats['latency_ms'], 3)} | "
+            f"{_fmt(stats['accuracy'])} |")
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _latency(record: dict[str, Any] | None) -> str:
+    return _fmt(record.get("median_ms") if record else None, 3)
+
+
+def _plot_widths(widths: dict[str, list[int]], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(widths)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(names)), 3.5))
+    ax.bar(range(len(names)), [widths[n][0] for n in names], color="lightgrey", label="before")
+    ax.bar(range(len(names)), [widths[n][1] for n in names], color="tab:blue", label="after pruning")
+    ax.set_xlabel("layer (conv / linear, in order)")
+    ax.set_ylabel("output channels")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def _dashboard_screenshot(search: Record, png: Path, console: Console) -> bool:
+    import shutil as sh
+
+    if sh.which("chromium") is None:
+        return False
+    from studies.dashboard import check_dashboard
+
+    try:
+        check_dashboard(search["storage"], png, study_name=search["study_name"])
+    except Exception as exc:  # the report must not be lost for a browser problem: say so in it
+        console.log(f"[yellow]dashboard check failed: {exc}")
+        return False
+    return True
