@@ -46,10 +46,10 @@ def kept_channels(labels: Tensor) -> Tensor:
 def cluster_mean(values: Tensor, ids: Tensor) -> Tensor:
     """Per row (dim 0) of ``values``: the mean of the rows with the same id."""
     ids = ids.to(values.device)
-    count = int(ids.max()) + 1
+    count = values.shape[0]  # ids are < rows (`member_ids`); no ids.max(): it would sync a GPU every step
     sums = values.new_zeros((count, *values.shape[1:])).index_add_(0, ids, values)
-    sizes = torch.bincount(ids, minlength=count).to(values.dtype).view(-1, *([1] * (values.ndim - 1)))
-    return (sums / sizes)[ids]
+    sizes = values.new_zeros(count).index_add_(0, ids, torch.ones_like(ids, dtype=values.dtype))
+    return (sums / sizes.clamp_min(1).view(-1, *([1] * (values.ndim - 1))))[ids]
 
 
 def centripetal_gradient(weight: Tensor, grad: Tensor, ids: Tensor, strength: float, weight_decay: float) -> Tensor:

@@ -17,7 +17,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = load_plan(args.study)
         records = run_study(plan, console=console, stop_after=args.stop_after)
     except ValueError as exc:  # bad study file, data, checkpoint or target: a message, not a traceback
-        console.print(f"[red]error:[/red] {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if "report" in records:
         console.print(f"report: {records['report']['report']}")
-    console.print(json.dumps({k: asdict(plan)[k] for k in ("out",)}, default=str))
+    console.print(f"artifacts: {plan.out}/")
     return 0
 
 

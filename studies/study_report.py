@@ -31,7 +31,8 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
         f"# Study `{plan.path.stem}`",
         "",
         f"Search: {search['finished_trials']} trials in study `{search['study_name']}` ({search['storage']}), "
-        f"budget {search['budget_ms']} ms on {search['device']} ({search['threads']} thread(s), batch 1, deploy form).",
+        f"budget: {_budget(search)}; latency measured on {search['device']} ({search['threads']} thread(s), batch 1, "
+        "deploy form).",
         "FLOPs = fvcore multiply-accumulates of the deploy form at batch 1.",
         "",
         "## Accuracy vs latency",
@@ -90,6 +91,15 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _budget(search: Record) -> str:
+    parts = []
+    if search.get("budget_ms") is not None:
+        parts.append(f"{search['budget_ms']} ms")
+    if search.get("budget_macs") is not None:
+        parts.append(f"{format_macs(search['budget_macs'])} MACs")
+    return " and ".join(parts) or "none (accuracy only)"
 
 
 def _describe(arch: dict[str, Any]) -> str:

@@ -97,5 +97,5 @@ def test_bad_study_files_are_rejected_before_running(tmp_path: Path, text: str, 
     path = tmp_path / "bad.toml"
     path.write_text(text)
     assert main([str(path)]) == 2
-    assert message in capsys.readouterr().out
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
