@@ -129,9 +129,10 @@ def csgd_strength(lr: float, total_steps: int, momentum: float = 0.9, shrink: fl
 
     With the task gradients averaged, a difference D between two members of a cluster decays as
     ``D' = D - lr * eps * D``, amplified by momentum to ``lr * eps / (1 - momentum)`` per step; the
-    cosine schedule sums the LR to ``lr * steps / 2``.
+    cosine schedule sums the LR to ``lr * steps / 2``. Capped at ``0.1 / lr``: a kernel pull of
+    ``lr * eps`` per step must stay well inside momentum SGD's stable range (about 1.4 with Nesterov).
     """
-    return math.log(1 / shrink) * (1 - momentum) / (VECTOR_FACTOR * lr * total_steps / 2)
+    return min(math.log(1 / shrink) * (1 - momentum) / (VECTOR_FACTOR * lr * total_steps / 2), 0.1 / lr)
 
 
 def magnitude_prune(deploy: nn.Module, target_macs: float) -> tuple[nn.Module, float]:
@@ -256,8 +257,8 @@ def print_table(results: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def previous_results(args: argparse.Namespace) -> dict[str, Any]:
-    """The results in ``--out`` to keep (every model's entries of the methods not run now), if any."""
+def previous_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The record in ``--out`` whose results the methods not run now keep, if any."""
     out = Path(args.out)
     if set(args.methods) == set(METHODS) or not out.is_file():
         return {}
@@ -265,14 +266,15 @@ def previous_results(args: argparse.Namespace) -> dict[str, Any]:
     differ = [k for k in SHARED_SETTINGS if record.get("settings", {}).get(k) != getattr(args, k)]
     if differ:
         raise SystemExit(f"{out} was made with other settings ({', '.join(differ)}): run every method, or use --out")
-    return record.get("results", {})
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
-    previous = previous_results(args)
+    kept = previous_record(args)
+    previous = kept.get("results", {})
     data = load_dataset(DataConfig("cifar10", args.data_dir, args.train_per_class, args.val_per_class))
     start = time.perf_counter()
     results = {label: bench_model(label, args, data, console, previous.get(label, {})) for label in args.models}
@@ -280,9 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, console)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    minutes = round((time.perf_counter() - start) / 60, 1)
+    earlier = kept.get("runs") or ([{"methods": kept["settings"].get("methods", list(METHODS)),
+                                     "total_minutes": kept.get("total_minutes")}] if kept else [])
     record = {
         "benchmark": "pruning_cifar10", "target": TARGET, "settings": vars(args), "results": results,
-        "total_minutes": round((time.perf_counter() - start) / 60, 1),
+        "total_minutes": minutes, "runs": [*earlier, {"methods": args.methods, "total_minutes": minutes}],
         "environment": environment("cpu", 1), "convention": "FLOPs = fvcore MACs of the deploy form, batch 1",
     }
     out.write_text(json.dumps(record, indent=2, default=str))

@@ -99,6 +99,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r} is not a repnas checkpoint (no '{FORMAT}' header)")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{str(path)!r} has checkpoint version {payload.get('version')}, expected {VERSION}")
+    missing = [key for key in ("config", "form", "state_dict") if key not in payload]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} is incomplete: no {', '.join(missing)}")
+    if payload["form"] not in ("train", "deploy"):
+        raise CheckpointError(f"{str(path)!r} has an unknown form {payload['form']!r} (expected 'train' or 'deploy')")
     return payload
 
 

@@ -155,3 +155,20 @@ def test_pruned_checkpoint_with_foreign_kernel_is_refused(tmp_path: Path) -> Non
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="stem.0.conv: stored kernel"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("drop, form, message", [("form", None, "incomplete: no form"),
+                                                  ("state_dict", None, "incomplete: no state_dict"),
+                                                  (None, "half", "unknown form 'half'")])
+def test_incomplete_or_unknown_form_is_a_clear_error(tmp_path: Path, drop: str | None, form: str | None,
+                                                     message: str) -> None:
+    model = dscnn.create_model("resnet20")
+    path = dscnn.save_checkpoint(tmp_path / "c.pt", model)
+    payload = torch.load(path, weights_only=True)
+    if drop:
+        del payload[drop]
+    if form:
+        payload["form"] = form
+    torch.save(payload, path)
+    with pytest.raises(dscnn.CheckpointError, match=message):
+        dscnn.load_checkpoint(path)
