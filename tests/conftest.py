@@ -1,6 +1,11 @@
 import os
+import tempfile
 
 import torch
 
 # 2-core CI machine: keep each test process on a fixed, small thread count (overridable).
 torch.set_num_threads(int(os.environ.get("REPNAS_TEST_THREADS", "2")))
+
+# The device lock is machine-wide by design (searchspace.device_lock): tests get their own, so they
+# never wait for (or hold up) a real search running on the same machine. Subprocesses inherit it.
+os.environ["REPNAS_DEVICE_LOCK"] = os.path.join(tempfile.mkdtemp(prefix="repnas-test-"), "device.lock")
