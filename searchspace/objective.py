@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from torch import nn
 
 import dscnn
@@ -173,6 +172,3 @@ class SearchObjective:
         dscnn.save_checkpoint(path, model.cpu(), metrics=metrics)
         trial.set_user_attr("checkpoint", str(path))
 
-
-#: Exceptions that fail one trial (state FAIL, reason recorded) while the study goes on.
-TRIAL_FAILURES: tuple[type[BaseException], ...] = (ValueError, RuntimeError, torch.cuda.OutOfMemoryError)
