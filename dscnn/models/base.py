@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from dscnn.config import ArchConfig, default_stem_stride
+from dscnn.layers import make_activation
 
 
 class ClassifierModel(nn.Module):
@@ -45,3 +46,22 @@ def resolve_stem_stride(stem_stride: int, resolution: int) -> int:
     if stem_stride not in (0, 1, 2, 4):
         raise ValueError(f"stem_stride must be 0 (auto), 1, 2 or 4, got {stem_stride}")
     return stem_stride or default_stem_stride(resolution)
+
+
+class PooledConvHeadModel(ClassifierModel):
+    """FasterNet's and DSCNN's shape: ``stem`` -> ``stages`` -> global pool -> 1x1 conv (no bias) -> act -> Linear."""
+
+    stem: nn.Module
+    stages: nn.Module
+
+    def _build_head(self, in_channels: int, head_dim: int, num_classes: int, activation: str) -> None:
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_conv = nn.Conv2d(in_channels, head_dim, 1, bias=False)
+        self.head_act = make_activation(activation)
+        self.classifier = nn.Linear(head_dim, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_pre_logits(self, x: Tensor) -> Tensor:
+        return self.head_act(self.head_conv(self.pool(x))).flatten(1)

@@ -39,7 +39,7 @@ from dscnn.blocks.repmix import RepMiX
 from dscnn.blocks.scconv import scconv_for_width
 from dscnn.config import ArchConfig
 from dscnn.layers import ConvBN, make_activation
-from dscnn.models.base import ClassifierModel, resolve_stem_stride
+from dscnn.models.base import PooledConvHeadModel, resolve_stem_stride
 
 SPATIAL_OPS = ("repaso", "scconv")
 
@@ -128,23 +128,14 @@ def _stage(config: DSCNNConfig, i: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DSCNN(ClassifierModel):
+class DSCNN(PooledConvHeadModel):
     def __init__(self, config: DSCNNConfig) -> None:
         super().__init__()
         config.validate()
         self.config = config
         self.stem = _stem(config)
         self.stages = nn.Sequential(*(_stage(config, i) for i in range(len(config.widths))))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head_conv = nn.Conv2d(config.widths[-1], config.head_dim, 1, bias=False)
-        self.head_act = make_activation(config.activation)
-        self.classifier = nn.Linear(config.head_dim, config.num_classes)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
-
-    def forward_pre_logits(self, x: Tensor) -> Tensor:
-        return self.head_act(self.head_conv(self.pool(x))).flatten(1)
+        self._build_head(config.widths[-1], config.head_dim, config.num_classes, config.activation)
 
 
 register_family(DSCNNConfig, DSCNN)

@@ -23,7 +23,7 @@ from dscnn._registry import register_family, register_model
 from dscnn.blocks.pconv import PConv
 from dscnn.config import ArchConfig
 from dscnn.layers import ConvBN, make_activation
-from dscnn.models.base import ClassifierModel, resolve_stem_stride
+from dscnn.models.base import PooledConvHeadModel, resolve_stem_stride
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def embedding(out_channels: int, stem_stride: int) -> ConvBN:
     return ConvBN(3, out_channels, stem_stride, stride=stem_stride, padding=0)
 
 
-class FasterNet(ClassifierModel):
+class FasterNet(PooledConvHeadModel):
     def __init__(self, config: FasterNetConfig) -> None:
         super().__init__()
         if len(config.depths) != 4 or min(config.depths) < 1:
@@ -82,16 +82,7 @@ class FasterNet(ClassifierModel):
             layers += [FasterNetBlock(width, config.mlp_ratio, config.n_div, config.activation) for _ in range(depth)]
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head_conv = nn.Conv2d(c * 2 ** (len(config.depths) - 1), config.head_dim, 1, bias=False)
-        self.head_act = make_activation(config.activation)
-        self.classifier = nn.Linear(config.head_dim, config.num_classes)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
-
-    def forward_pre_logits(self, x: Tensor) -> Tensor:
-        return self.head_act(self.head_conv(self.pool(x))).flatten(1)
+        self._build_head(c * 2 ** (len(config.depths) - 1), config.head_dim, config.num_classes, config.activation)
 
 
 register_family(FasterNetConfig, FasterNet)
