@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -19,14 +18,14 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 import search
-from dscnn.latency import LatencySettings
-from searchspace.data import DataConfig, ImageDataset
+from searchspace.data import ImageDataset
 from searchspace.objective import ObjectiveSettings, SearchObjective, TrialCost
 from searchspace.quota import BoundedStudy, ask_lock_path
 from searchspace.ray_backend import FINISHED_KEY, METRIC, RayConfig, StudySearcher, run_ray_search
 from searchspace.run import SearchConfig
 from searchspace.storage import open_storage, worker_id
 from searchspace.train import TrainConfig
+from tests.searchspace.tiny import load_study, tiny_search_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -39,19 +38,11 @@ def local_ray() -> Iterator[None]:
 
 
 def _config(tmp_path: Path, **overrides: object) -> SearchConfig:
-    base = SearchConfig(
-        study_name="r", storage=str(tmp_path / "studies.db"), out=str(tmp_path / "out"), space="dscnn",
-        trials=3, seed=0, baselines=(), cache_path=str(tmp_path / "latency.sqlite"),
-        device_lock=str(tmp_path / "device.lock"), budget_macs=30e6,
-        data=DataConfig(train_per_class=4, val_per_class=2),
-        train=TrainConfig(epochs=1, batch_size=20, device="cpu"),
-        latency=LatencySettings(warmup=1, runs=3, repeats=1),
-    )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    return tiny_search_config(tmp_path, **{"study_name": "r", "trials": 3, **overrides})  # type: ignore[arg-type]
 
 
 def _study(config: SearchConfig) -> optuna.Study:
-    return optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
+    return load_study(config)
 
 
 def test_ray_runs_tiny_trials_end_to_end(local_ray: None, tmp_path: Path) -> None:

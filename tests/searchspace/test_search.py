@@ -15,29 +15,19 @@ from optuna.trial import TrialState
 from optuna_dashboard._storage_url import guess_storage_from_url
 
 import search
-from dscnn.latency import LatencySettings
-from searchspace.data import DataConfig
 from searchspace.run import SearchConfig, run_search
 from searchspace.storage import WORKER_ATTR, fail_orphaned_trials, open_storage
-from searchspace.train import TrainConfig
+from tests.searchspace.tiny import load_study, tiny_search_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _config(tmp_path: Path, **overrides: object) -> SearchConfig:
-    base = SearchConfig(
-        study_name="t", storage=str(tmp_path / "studies.db"), out=str(tmp_path / "out"), space="dscnn",
-        trials=2, seed=0, baselines=(), cache_path=str(tmp_path / "latency.sqlite"),
-        budget_macs=30e6,  # keeps sampled models small so the test trains quickly
-        data=DataConfig(train_per_class=4, val_per_class=2),
-        train=TrainConfig(epochs=1, batch_size=20, device="cpu"),
-        latency=LatencySettings(warmup=1, runs=3, repeats=1),
-    )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    return tiny_search_config(tmp_path, **{"study_name": "t", "trials": 2, **overrides})  # type: ignore[arg-type]
 
 
 def _study(config: SearchConfig) -> optuna.Study:
-    return optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
+    return load_study(config)
 
 
 def test_search_trains_feasible_trials_and_writes_outputs(tmp_path: Path) -> None:

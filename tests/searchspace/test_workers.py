@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import signal
@@ -16,12 +15,11 @@ import pytest
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from dscnn.latency import LatencySettings
-from searchspace.data import DataConfig
 from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
 from searchspace.run import SearchConfig, run_search
 from searchspace.storage import HEARTBEAT_INTERVAL_S, WORKER_ATTR, fail_orphaned_trials, open_storage
 from searchspace.train import TrainConfig
+from tests.searchspace.tiny import load_study, tiny_search_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -40,16 +38,7 @@ run_search(config, show_progress=False)
 
 
 def _config(tmp_path: Path, **overrides: object) -> SearchConfig:
-    base = SearchConfig(
-        study_name="w", storage=str(tmp_path / "studies.db"), out=str(tmp_path / "out"), space="dscnn",
-        trials=4, seed=0, baselines=(), cache_path=str(tmp_path / "latency.sqlite"),
-        device_lock=str(tmp_path / "device.lock"),
-        budget_macs=30e6,  # small models: quick to train, and some trials are pruned before training
-        data=DataConfig(train_per_class=4, val_per_class=2),
-        train=TrainConfig(epochs=1, batch_size=20, device="cpu"),
-        latency=LatencySettings(warmup=1, runs=3, repeats=1),
-    )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    return tiny_search_config(tmp_path, **{"study_name": "w", "trials": 4, **overrides})  # type: ignore[arg-type]
 
 
 def _spawn(config: SearchConfig, start: Path) -> subprocess.Popen[bytes]:
@@ -69,7 +58,7 @@ def _wait_ready(workers: list[subprocess.Popen[bytes]], start: Path, timeout_s: 
 
 
 def _study(config: SearchConfig) -> optuna.Study:
-    return optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
+    return load_study(config)
 
 
 def test_two_workers_share_one_study_exactly(tmp_path: Path) -> None:
