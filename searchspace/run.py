@@ -10,6 +10,7 @@ the Ray Tune backend (`searchspace.ray_backend`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from searchspace.progress import SearchProgress
 from searchspace.space import get_space
 from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
 from searchspace.storage import fail_orphaned_trials, open_storage
-from searchspace.train import TrainConfig, TrainingDiverged, train_and_evaluate
+from searchspace.train import TrainConfig, TrainingDiverged, resolve_device, train_and_evaluate
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -166,13 +167,18 @@ def build_objective(config: SearchConfig, data: ImageDataset) -> SearchObjective
             params_train=cost.params_train, params_deploy=cost.params_deploy, device=latency.device,
         )
 
+    @functools.cache
+    def data_on_device() -> ImageDataset:
+        # once per process, not per trial: on a GPU the copy and its channel statistics are not free
+        return data.to(resolve_device(config.train.device))
+
     def train(model: torch.nn.Module, on_epoch: Callable[[int, float], None]) -> float:
         with lock.training() as slot:
             def between_epochs(epoch: int, accuracy: float) -> None:
                 with slot.paused():  # a waiting measurement runs here
                     on_epoch(epoch, accuracy)
 
-            result = train_and_evaluate(model, data, config.train, on_epoch=between_epochs)
+            result = train_and_evaluate(model, data_on_device(), config.train, on_epoch=between_epochs)
         return float(result.final_accuracy)
 
     return SearchObjective(settings, measure, train)

@@ -127,7 +127,7 @@ def train_and_evaluate(
         after_backward: called after each ``loss.backward()``, before the optimizer step (e.g. to
             edit gradients: pruning's regularizers).
     """
-    device = _device(config.device)
+    device = resolve_device(config.device)
     run = _Run(model.to(device), data.to(device), config, param_groups, after_backward)
     accuracies: list[float] = []
     losses: list[float] = []
@@ -245,7 +245,7 @@ def evaluate_accuracy(model: nn.Module, data: ImageDataset, config: TrainConfig)
 
     Uses ``config``'s device, resolution and evaluation batch size; ``model`` is moved there.
     """
-    device = _device(config.device)
+    device = resolve_device(config.device)
     return _Run(model.to(device), data.to(device), config).evaluate(0)
 
 
@@ -271,7 +271,8 @@ def _cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], 
     return factor
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``name`` ("cpu", "cuda", "cuda:N", "auto") as a concrete device; clear error without CUDA."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -121,9 +119,3 @@ def report(plan: StudyPlan, records: dict[str, Record], console: Console) -> Rec
     path = write_report(plan, records, console)
     return {"report": str(path)}
 
-
-def copy_if_exists(source: Path, target: Path) -> bool:
-    if source.is_file():
-        shutil.copyfile(source, target)
-        return True
-    return False

@@ -149,9 +149,7 @@ def _plot_widths(widths: dict[str, list[int]], png: Path) -> None:
 
 
 def _dashboard_screenshot(search: Record, png: Path, console: Console) -> bool:
-    import shutil as sh
-
-    if sh.which("chromium") is None:
+    if shutil.which("chromium") is None:
         return False
     from studies.dashboard import check_dashboard
 
