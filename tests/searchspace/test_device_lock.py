@@ -117,7 +117,9 @@ def test_search_objective_measures_exclusively_and_trains_shared(tmp_path: Path,
     monkeypatch.setattr(run, "measure_deploy_cost", fake_measure)
     monkeypatch.setattr(run, "train_and_evaluate", fake_train)
     config = dataclasses.replace(SearchConfig(out=str(tmp_path)), device_lock=str(lock_path), cache_path=str(tmp_path / "c"))
-    objective = run.build_objective(config, SimpleNamespace(num_classes=10, resolution=32))  # type: ignore[arg-type]
+    data = SimpleNamespace(num_classes=10, resolution=32)
+    data.to = lambda device: data  # already on the (cpu) training device
+    objective = run.build_objective(config, data)  # type: ignore[arg-type]
     objective.measure_cost(object())  # type: ignore[arg-type]
 
     def on_epoch(epoch: int, accuracy: float) -> None:
