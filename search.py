@@ -25,10 +25,10 @@ from rich.console import Console
 
 from dscnn.latency import LatencySettings
 from dscnn.units import parse_macs
-from searchspace.data import DATASETS, DataConfig, DataError
+from dscnn.data import DATASETS, DataConfig, DataError
 from searchspace.run import SearchConfig, run_search
 from searchspace.space import SPACES
-from searchspace.train import TrainConfig
+from dscnn.train import TrainConfig
 
 if TYPE_CHECKING:
     from searchspace.ray_backend import RayConfig

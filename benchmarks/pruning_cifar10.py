@@ -58,8 +58,8 @@ from pruning.resrep import ResRep, ResRepConfig
 from pruning.retrain import train_deploy
 from pruning.run import RunConfig, run_pruning
 from pruning.targets import parse_target
-from searchspace.data import DataConfig, ImageDataset, load_dataset
-from searchspace.train import TrainConfig, evaluate_accuracy, train_and_evaluate
+from dscnn.data import DataConfig, ImageDataset, load_dataset
+from dscnn.train import TrainConfig, evaluate_accuracy, train_and_evaluate
 
 #: label -> (registry model, overrides at 32x32 / 10 classes)
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {

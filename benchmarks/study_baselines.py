@@ -23,9 +23,9 @@ from dscnn.environment import environment
 from dscnn.latency import measure_latency_ms
 from searchspace import report
 from searchspace.baselines import BASELINES, get_baseline
-from searchspace.data import load_dataset
+from dscnn.data import load_dataset
 from searchspace.storage import open_storage
-from searchspace.train import train_and_evaluate
+from dscnn.train import train_and_evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Real inputs: ``--real-data DIR`` reads the first ``--num-real`` image files under DIR (sorted,
 recursive), normalised by their own channel statistics; without it, validation images of the
-embedded CIFAR-10 subset normalised by its training statistics, as `searchspace.train` does.
+embedded CIFAR-10 subset normalised by its training statistics, as `dscnn.train` does.
 Exit status: 0 when every check passes, 1 when one fails or the checkpoint cannot be used, 2 for
 bad flags.
 """
@@ -76,10 +76,10 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
 
 def real_inputs(resolution: int, folder: str | None, count: int) -> Tensor:
     """``count`` real images at ``resolution``, normalised; see the module docstring for the source."""
-    from searchspace.data import DataConfig, load_dataset  # lazy: only the CLI needs the data package
-    from searchspace.datasets._common import IMAGE_SUFFIXES
-    from searchspace.datasets.augment import prepare_batch
-    from searchspace.datasets.decode import decode_all
+    from dscnn.data import DataConfig, load_dataset  # lazy: only the CLI needs the data package
+    from dscnn.data._common import IMAGE_SUFFIXES
+    from dscnn.data.augment import prepare_batch
+    from dscnn.data.decode import decode_all
 
     if folder is None:
         data = load_dataset(DataConfig())

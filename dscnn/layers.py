@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from dscnn._fuse import Branch, conv_from_branch, fold_bn_module
+from dscnn.fusion import Branch, conv_from_branch, fold_bn_module
 from dscnn.reparam import Reparameterizable
 
 IntPair = int | tuple[int, int]

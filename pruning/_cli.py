@@ -16,7 +16,7 @@ from typing import Any
 
 from pruning.algorithm import PruningAlgorithm
 from pruning.run import RunConfig, run_pruning
-from searchspace.data import DATASETS, DataError
+from dscnn.data import DATASETS, DataError
 
 #: The run flags: (flag, RunConfig field, type, help).
 RUN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (

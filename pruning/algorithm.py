@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
-from searchspace.train import TrainConfig
+from dscnn.train import TrainConfig
 
 
 class PruningAlgorithm(Protocol):

@@ -7,7 +7,7 @@ group cannot absorb a channel-mixing compactor, so it is wrapped as `MaskedConv`
 masked output channels in the forward pass (interpretation: ResRep's paper has no depthwise case;
 zeroing them is what removing them later will do, so training sees it early).
 
-Folding is exact: ``conv(W', b')`` then ``Q`` is ``conv(Q W', Q b')`` (`dscnn._fuse.fold_pointwise_after`).
+Folding is exact: ``conv(W', b')`` then ``Q`` is ``conv(Q W', Q b')`` (`dscnn.fusion.fold_pointwise_after`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dscnn._fuse import fold_pointwise_after
+from dscnn.fusion import fold_pointwise_after
 
 
 class Compactor(nn.Module):

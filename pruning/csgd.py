@@ -49,7 +49,7 @@ from pruning.kmeans import kmeans
 from pruning.retrain import RetrainBN
 from pruning.surgery import assert_same_outputs, relative_error, remove_channels
 from pruning.widths import ratio_widths, read_ratios, uniform_widths, widths_macs
-from searchspace.train import TrainConfig
+from dscnn.train import TrainConfig
 
 #: Strength on bias / BN vectors relative to kernels (SPEC 6.2).
 VECTOR_FACTOR = 0.1

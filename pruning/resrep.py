@@ -45,7 +45,7 @@ from pruning.flops import CostModel
 from pruning.groups import ChannelGroup, Member, find_groups
 from pruning.masking import MaskUpdate, update_masks
 from pruning.surgery import assert_same_outputs, remove_channels
-from searchspace.train import TrainConfig
+from dscnn.train import TrainConfig
 
 #: Largest masked-row norm that counts as "forgotten"; larger ones are reported with a warning.
 SMALL_ROW_NORM = 1e-2

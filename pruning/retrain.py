@@ -4,7 +4,7 @@ A fused graph trains badly with SGD: without BN its gradients are orders of magn
 than the train form's (ResNet-56 after folding: ~50x), and a learning rate that suits the train
 form makes it diverge in one step. So every conv that carries a bias (where fusion folded a BN) gets
 a BatchNorm2d after it for the duration of training, and the BN is folded back afterwards
-(`dscnn._fuse.fold_bn_module`): what is trained has the train form's dynamics, and what comes out is
+(`dscnn.fusion.fold_bn_module`): what is trained has the train form's dynamics, and what comes out is
 plain again. The BN starts as the identity: ``running_mean = beta = batch mean`` and
 ``running_var = batch var, gamma = sqrt(var + eps)`` on the first training batch (and an exact
 identity in eval mode before that), so training starts from the deploy model's function.
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dscnn._fuse import fold_bn_module
-from searchspace.data import ImageDataset
-from searchspace.train import TrainConfig, TrainResult, train_and_evaluate
+from dscnn.fusion import fold_bn_module
+from dscnn.data import ImageDataset
+from dscnn.train import TrainConfig, TrainResult, train_and_evaluate
 
 
 class RetrainBN(nn.Module):
@@ -93,7 +93,7 @@ def train_deploy(
     after_backward: Callable[[], None] | None = None,
     progress: bool = False,
 ) -> TrainResult:
-    """`searchspace.train.train_and_evaluate` on a deploy-form model, with BNs re-inserted meanwhile.
+    """`dscnn.train.train_and_evaluate` on a deploy-form model, with BNs re-inserted meanwhile.
 
     ``model`` is trained in place and ends plain (every re-inserted BN folded), in eval mode.
     """

@@ -29,8 +29,8 @@ from pruning.report import ModelStats, PruneReport, layer_widths
 from pruning.retrain import train_deploy
 from pruning.source import ModelSource, load_source
 from pruning.targets import parse_target
-from searchspace.data import DataConfig, ImageDataset, load_dataset
-from searchspace.train import TrainConfig, evaluate_accuracy
+from dscnn.data import DataConfig, ImageDataset, load_dataset
+from dscnn.train import TrainConfig, evaluate_accuracy
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class RunConfig:
     """Everything about a pruning run that is not the algorithm's own knobs."""
 
     target: str  # FLOPs target: "0.3G", "300M" (deploy MACs) or "0.5x" (of the current MACs)
-    dataset: str = "embedded"  # searchspace.data.DATASETS
+    dataset: str = "embedded"  # dscnn.data.DATASETS
     data_dir: str | None = None  # None = $REPNAS_DATA
     train_per_class: int = 0  # class-balanced training subset; 0 = all
     val_per_class: int = 0  # class-balanced validation subset; 0 = all

@@ -55,13 +55,13 @@ from rich.console import Console
 from torch import nn
 
 import dscnn
-from searchspace.data import ImageDataset
+from dscnn.data import ImageDataset
 from searchspace.device_lock import DeviceLock
 from searchspace.objective import SearchObjective
 from searchspace.quota import BoundedStudy, StudyFull
 from searchspace.run import SearchConfig, SearchResult, prepare_search, write_outputs
 from searchspace.storage import heartbeat_interval, mark_worker, worker_id
-from searchspace.train import TrainConfig, train_and_evaluate
+from dscnn.train import TrainConfig, train_and_evaluate
 
 METRIC = "accuracy"  # validation accuracy, reported after every epoch
 FINISHED_KEY = "repnas_finished"  # present (True) only in the result a trial reports after full training

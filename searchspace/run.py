@@ -29,14 +29,14 @@ from dscnn.latency import LatencySettings
 from dscnn.measure_cache import MeasureCache
 from searchspace import report
 from searchspace.baselines import BASELINES
-from searchspace.data import DataConfig, ImageDataset, load_dataset
+from dscnn.data import DataConfig, ImageDataset, load_dataset
 from searchspace.device_lock import DeviceLock
 from searchspace.objective import BASELINE_ATTR, ObjectiveSettings, SearchObjective, TrialCost
 from searchspace.progress import SearchProgress
 from searchspace.space import get_space
 from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
 from searchspace.storage import fail_orphaned_trials, open_storage
-from searchspace.train import TrainConfig, TrainingDiverged, resolve_device, train_and_evaluate
+from dscnn.train import TrainConfig, TrainingDiverged, resolve_device, train_and_evaluate
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 

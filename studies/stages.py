@@ -56,8 +56,8 @@ def search(plan: StudyPlan, records: dict[str, Record], console: Console) -> Rec
 
 def retrain(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
     """The winner's architecture trained from scratch for the final epoch budget."""
-    from searchspace.data import load_dataset
-    from searchspace.train import train_and_evaluate
+    from dscnn.data import load_dataset
+    from dscnn.train import train_and_evaluate
 
     config, _ = _search_config(plan)
     arch = dscnn.config_from_dict(records["search"]["arch"])

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from dscnn._fuse import conv_from_branch, fold_identity_bn, sum_branches
+from dscnn.fusion import conv_from_branch, fold_identity_bn, sum_branches
 from dscnn.layers import ConvBN, check_groups
 from dscnn.reparam import Reparameterizable
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dscnn._fuse import Branch, conv_from_branch, fold_bn_module, sum_branches
+from dscnn.fusion import Branch, conv_from_branch, fold_bn_module, sum_branches
 from dscnn.reparam import Reparameterizable
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from dscnn._fuse import (
+from dscnn.fusion import (
     Branch, concat_branches, conv_from_branch, fold_identity_bn, identity_kernel, scale_branch, sum_branches,
 )
 from dscnn.layers import ConvBN

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dscnn._fuse import fold_pointwise_after
+from dscnn.fusion import fold_pointwise_after
 from dscnn.layers import ConvBN
 from pruning.compactor import CompactedConv, Compactor, MaskedConv, zero_masked_rows
 from tests.contracts import randomize_bn

@@ -18,7 +18,7 @@ from pruning.kmeans import kmeans
 from pruning.retrain import RetrainBN, add_batchnorm
 from pruning.surgery import TOLERANCE, relative_error
 from pruning.widths import widths_macs
-from searchspace.train import TrainConfig
+from dscnn.train import TrainConfig
 from tests.pruning.tiny import tiny_deploy, tiny_overrides
 
 X = torch.zeros(1, 3, 32, 32)

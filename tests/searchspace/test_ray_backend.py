@@ -18,13 +18,13 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 import search
-from searchspace.data import ImageDataset
+from dscnn.data import ImageDataset
 from searchspace.objective import ObjectiveSettings, SearchObjective, TrialCost
 from searchspace.quota import BoundedStudy, ask_lock_path
 from searchspace.ray_backend import FINISHED_KEY, METRIC, RayConfig, StudySearcher, run_ray_search
 from searchspace.run import SearchConfig
 from searchspace.storage import open_storage, worker_id
-from searchspace.train import TrainConfig
+from dscnn.train import TrainConfig
 from tests.searchspace.tiny import load_study, tiny_search_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

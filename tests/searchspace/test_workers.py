@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
 from searchspace.run import SearchConfig, run_search
 from searchspace.storage import HEARTBEAT_INTERVAL_S, WORKER_ATTR, fail_orphaned_trials, open_storage
-from searchspace.train import TrainConfig
+from dscnn.train import TrainConfig
 from tests.searchspace.tiny import load_study, tiny_search_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

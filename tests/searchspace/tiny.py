@@ -8,10 +8,10 @@ from pathlib import Path
 import optuna
 
 from dscnn.latency import LatencySettings
-from searchspace.data import DataConfig
+from dscnn.data import DataConfig
 from searchspace.run import SearchConfig
 from searchspace.storage import open_storage
-from searchspace.train import TrainConfig
+from dscnn.train import TrainConfig
 
 
 def tiny_search_config(tmp_path: Path, *, study_name: str, trials: int, **overrides: object) -> SearchConfig:

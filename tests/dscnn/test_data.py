@@ -10,9 +10,9 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg, write_png
 
-import searchspace.data as data_module
-from searchspace.data import DATASETS, DataConfig, DataError, load_dataset
-from searchspace.datasets.cifar import CIFAR10_CLASSES
+import dscnn.data.load as data_module
+from dscnn.data import DATASETS, DataConfig, DataError, load_dataset
+from dscnn.data.cifar import CIFAR10_CLASSES
 
 # The fixtures write images with torchvision 0.29's (deprecated, still working) encoders.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")

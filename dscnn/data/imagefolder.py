@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from searchspace.datasets._common import (
+from dscnn.data._common import (
     RawDataset,
     file_paths,
     layout_error,

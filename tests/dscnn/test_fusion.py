@@ -1,4 +1,4 @@
-"""Every function of dscnn._fuse against the un-fused computation, in float64 (SPEC section 1)."""
+"""Every function of dscnn.fusion against the un-fused computation, in float64 (SPEC section 1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dscnn import _fuse
+from dscnn import fusion
 
 D = torch.float64
 TOL = 1e-12
@@ -41,9 +41,9 @@ def test_fold_bn_matches_conv_then_bn(with_bias: bool, eps: float) -> None:
     b = torch.randn(4, dtype=D) if with_bias else None
     x = _x()
     ref = bn(F.conv2d(x, w, b, padding=1))
-    k, c = _fuse.fold_bn(w, b, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)  # type: ignore[arg-type]
+    k, c = fusion.fold_bn(w, b, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)  # type: ignore[arg-type]
     _close(F.conv2d(x, k, c, padding=1), ref)
-    k2, c2 = _fuse.fold_bn_module(w, b, bn)  # reads eps from the module, not a default
+    k2, c2 = fusion.fold_bn_module(w, b, bn)  # reads eps from the module, not a default
     _close(F.conv2d(x, k2, c2, padding=1), ref)
 
 
@@ -53,21 +53,21 @@ def test_fold_bn_without_affine() -> None:
         bn.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
         bn.running_var.uniform_(0.5, 2)  # type: ignore[union-attr]
     w, x = torch.randn(4, 6, 1, 1, dtype=D), _x()
-    k, c = _fuse.fold_bn_module(w, None, bn)
+    k, c = fusion.fold_bn_module(w, None, bn)
     _close(F.conv2d(x, k, c), bn(F.conv2d(x, w)))
 
 
 def test_fold_bn_module_needs_running_stats() -> None:
     bn = nn.BatchNorm2d(4, track_running_stats=False)
     with pytest.raises(ValueError, match="running statistics"):
-        _fuse.fold_bn_module(torch.randn(4, 4, 1, 1), None, bn)
+        fusion.fold_bn_module(torch.randn(4, 4, 1, 1), None, bn)
 
 
 @pytest.mark.parametrize(
     ("channels", "groups", "size"), [(6, 1, (3, 3)), (6, 2, (1, 1)), (6, 6, (3, 3)), (4, 4, (5, 3))]
 )
 def test_identity_kernel_returns_input(channels: int, groups: int, size: tuple[int, int]) -> None:
-    k = _fuse.identity_kernel(channels, groups, size, dtype=D, device=torch.device("cpu"))
+    k = fusion.identity_kernel(channels, groups, size, dtype=D, device=torch.device("cpu"))
     assert k.shape == (channels, channels // groups, *size) and k.dtype == D
     x = _x(channels)
     y = F.conv2d(x, k, padding=(size[0] // 2, size[1] // 2), groups=groups)
@@ -76,19 +76,19 @@ def test_identity_kernel_returns_input(channels: int, groups: int, size: tuple[i
 
 def test_identity_kernel_rejects_bad_groups() -> None:
     with pytest.raises(ValueError, match="divisible by groups"):
-        _fuse.identity_kernel(6, 4, (3, 3), dtype=D, device=torch.device("cpu"))
+        fusion.identity_kernel(6, 4, (3, 3), dtype=D, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("groups", [1, 3, 6])
 def test_fold_identity_bn_equals_bn(groups: int) -> None:
     bn, x = _random_bn(6, seed=3), _x()
-    k, c = _fuse.fold_identity_bn(bn, groups, (3, 3))
+    k, c = fusion.fold_identity_bn(bn, groups, (3, 3))
     _close(F.conv2d(x, k, c, padding=1, groups=groups), bn(x))
 
 
 def test_pad_kernel_centres() -> None:
     k = torch.randn(2, 3, 1, 3, dtype=D)
-    padded = _fuse.pad_kernel(k, (5, 5))
+    padded = fusion.pad_kernel(k, (5, 5))
     assert padded.shape == (2, 3, 5, 5)
     assert torch.equal(padded[:, :, 2:3, 1:4], k)
     outside = padded.clone()
@@ -101,12 +101,12 @@ def test_pad_kernel_centres() -> None:
 @pytest.mark.parametrize("size", [(4, 4), (2, 3), (1, 3)])
 def test_pad_kernel_refuses_off_centre(size: tuple[int, int]) -> None:
     with pytest.raises(ValueError, match="cannot centre"):
-        _fuse.pad_kernel(torch.randn(1, 1, 3, 3), size)
+        fusion.pad_kernel(torch.randn(1, 1, 3, 3), size)
 
 
 def test_largest_kernel_size_per_axis() -> None:
     shapes = [(1, 5), (3, 1), (3, 3)]
-    assert _fuse.largest_kernel_size(torch.zeros(1, 1, *s) for s in shapes) == (3, 5)
+    assert fusion.largest_kernel_size(torch.zeros(1, 1, *s) for s in shapes) == (3, 5)
 
 
 def test_sum_branches_equals_sum_of_convs() -> None:
@@ -117,24 +117,24 @@ def test_sum_branches_equals_sum_of_convs() -> None:
         F.conv2d(x, k, b, padding=(dilation * (k.shape[2] // 2), dilation * (k.shape[3] // 2)), dilation=dilation)
         for k, b in branches
     )
-    k, b = _fuse.sum_branches(branches)
+    k, b = fusion.sum_branches(branches)
     assert k.shape[-2:] == (5, 5)
     _close(F.conv2d(x, k, b, padding=2 * dilation, dilation=dilation), ref)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no branches"):
-        _fuse.sum_branches([])
+        fusion.sum_branches([])
 
 
 @pytest.mark.parametrize(("k", "stride"), [(3, 1), (3, 2), (5, 1)])
 def test_avg_pool_kernel_matches_avg_pool(k: int, stride: int) -> None:
     x = _x(4)
-    kernel = _fuse.avg_pool_kernel(4, k, 4, dtype=D, device=torch.device("cpu"))
+    kernel = fusion.avg_pool_kernel(4, k, 4, dtype=D, device=torch.device("cpu"))
     y = F.conv2d(x, kernel, stride=stride, padding=k // 2, groups=4)
     _close(y, F.avg_pool2d(x, k, stride=stride, padding=k // 2, count_include_pad=True))
 
 
 def test_avg_pool_kernel_grouped() -> None:
     x = _x(4)
-    kernel = _fuse.avg_pool_kernel(4, 3, 2, dtype=D, device=torch.device("cpu"))
+    kernel = fusion.avg_pool_kernel(4, 3, 2, dtype=D, device=torch.device("cpu"))
     _close(F.conv2d(x, kernel, padding=1, groups=2), F.avg_pool2d(x, 3, 1, 1, count_include_pad=True))
 
 
@@ -142,7 +142,7 @@ def test_avg_pool_kernel_grouped() -> None:
 def test_conv_from_branch_geometry(stride: int, dilation: int, groups: int) -> None:
     template = nn.Conv2d(4, 8, 3, stride=stride, dilation=dilation, groups=groups, device="meta")
     kernel, bias = torch.randn(8, 4 // groups, 5, 3, dtype=D), torch.randn(8, dtype=D)
-    conv = _fuse.conv_from_branch(template, (kernel, bias))
+    conv = fusion.conv_from_branch(template, (kernel, bias))
     assert conv.kernel_size == (5, 3) and conv.stride == (stride, stride) and conv.groups == groups
     assert conv.dilation == (dilation, dilation) and conv.weight.dtype == D
     x = _x(4, size=11)
@@ -156,12 +156,12 @@ def test_scale_branch_per_channel_and_scalar() -> None:
     k, b = torch.randn(4, 4, 3, 3, dtype=D), torch.randn(4, dtype=D)
     s = torch.randn(4, dtype=D)
     y = F.conv2d(x, k, b, padding=1)
-    k2, b2 = _fuse.scale_branch((k, b), s)
+    k2, b2 = fusion.scale_branch((k, b), s)
     _close(F.conv2d(x, k2, b2, padding=1), y * s.reshape(1, -1, 1, 1))
-    k3, b3 = _fuse.scale_branch((k, b), -1.0)
+    k3, b3 = fusion.scale_branch((k, b), -1.0)
     _close(F.conv2d(x, k3, b3, padding=1), -y)
     with pytest.raises(ValueError, match="entries for 4 output channels"):
-        _fuse.scale_branch((k, b), torch.ones(3))
+        fusion.scale_branch((k, b), torch.ones(3))
 
 
 def test_concat_branches_is_mixed_depthwise_conv() -> None:
@@ -173,8 +173,8 @@ def test_concat_branches_is_mixed_depthwise_conv() -> None:
         [F.conv2d(x[:, 2 * i : 2 * i + 2], k, b, padding=k.shape[-1] // 2, groups=2) for i, (k, b) in enumerate(parts)],
         dim=1,
     )
-    k, b = _fuse.concat_branches(parts)
+    k, b = fusion.concat_branches(parts)
     assert k.shape == (6, 1, 7, 7)
     _close(F.conv2d(x, k, b, padding=3, groups=6), ref)
     with pytest.raises(ValueError, match="no branches"):
-        _fuse.concat_branches([])
+        fusion.concat_branches([])

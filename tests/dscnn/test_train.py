@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from searchspace.data import DataConfig, ImageDataset, load_dataset
-from searchspace.datasets.augment import prepare_batch, random_crop_flip
-from searchspace.train import TrainConfig, TrainingDiverged, train_and_evaluate
+from dscnn.data import DataConfig, ImageDataset, load_dataset
+from dscnn.data.augment import prepare_batch, random_crop_flip
+from dscnn.train import TrainConfig, TrainingDiverged, train_and_evaluate
 
 FAST = TrainConfig(epochs=2, batch_size=32, lr=0.05, eval_batch_size=256)
 

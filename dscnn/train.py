@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor, nn
 
-from searchspace.data import ImageDataset
-from searchspace.datasets.augment import prepare_batch, random_crop_flip
+from dscnn.data import ImageDataset
+from dscnn.data.augment import prepare_batch, random_crop_flip
 
 OPTIMIZERS = ("sgd", "adamw")
 

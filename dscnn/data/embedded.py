@@ -1,8 +1,8 @@
 """The mini CIFAR-10 subset shipped inside the package, so the search runs with no data at all.
 
 The file holds the original JPEG bytes of a class-balanced subset of the shared CIFAR-10 copy
-(see ``searchspace/embedded/README.md``): JPEG bytes are a third of the size of the decoded
-pixels and decode bit-identically to the source files. Built by ``searchspace/make_embedded.py``.
+(see ``dscnn/data/embedded/README.md``): JPEG bytes are a third of the size of the decoded
+pixels and decode bit-identically to the source files. Built by ``dscnn/data/make_embedded.py``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from searchspace.datasets._common import DataError, RawDataset, RawSplit, stat_signature
+from dscnn.data._common import DataError, RawDataset, RawSplit, stat_signature
 
 NAME = "embedded"
-EMBEDDED_PATH = Path(__file__).resolve().parent.parent / "embedded" / "cifar10_mini.npz"
+EMBEDDED_PATH = Path(__file__).resolve().parent / "embedded" / "cifar10_mini.npz"
 SPLITS = ("train", "val")
 
 
@@ -24,7 +24,7 @@ def read_embedded(path: Path = EMBEDDED_PATH) -> RawDataset:
     if not path.is_file():
         raise DataError(
             f"embedded: {path} is missing from the installation; rebuild it with "
-            "`python -m searchspace.make_embedded --source <cifar10 folder>` or pass --dataset and --data-dir"
+            "`python -m dscnn.data.make_embedded --source <cifar10 folder>` or pass --dataset and --data-dir"
         )
     with np.load(path, allow_pickle=False) as npz:
         splits = [_split(npz[f"{s}_jpeg"], npz[f"{s}_offsets"], npz[f"{s}_labels"]) for s in SPLITS]

@@ -14,7 +14,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from searchspace.datasets._common import DataError
+from dscnn.data._common import DataError
 
 PROGRESS_MIN_ITEMS = 2000  # below this, decoding takes about a second: no progress bar
 _CHUNK = 256

@@ -1,8 +1,8 @@
-"""Data sets for the proxy training of the search, as uint8 tensors held in memory.
+"""Data sets for training (search trials, pruning, studies), as uint8 tensors held in memory.
 
 ``load_dataset(DataConfig(...))`` lists the data (no decoding), takes a seeded class-balanced
 subset if asked, decodes it once with ``torchvision.io`` and caches the uint8 arrays (see
-`searchspace.datasets.cache`), so later loads, e.g. by every trial of a search, are fast.
+`dscnn.data.cache`), so later loads, e.g. by every trial of a search, are fast.
 
 Data sets: ``embedded`` (default: a CIFAR-10 subset shipped in the package), ``cifar10`` /
 ``cifar100`` (image tree, .npz or torchvision pickles), ``tiny-imagenet`` (the standard
@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from searchspace.datasets import cache
-from searchspace.datasets._common import DATA_FLAG_HINT, DataError, RawDataset, RawSplit, balanced_subset
-from searchspace.datasets.cifar import read_cifar
-from searchspace.datasets.decode import decode_all, fit_square
-from searchspace.datasets.embedded import read_embedded
-from searchspace.datasets.imagefolder import read_imagefolder
-from searchspace.datasets.tiny_imagenet import read_tiny_imagenet
+from dscnn.data import cache
+from dscnn.data._common import DATA_FLAG_HINT, DataError, RawDataset, RawSplit, balanced_subset
+from dscnn.data.cifar import read_cifar
+from dscnn.data.decode import decode_all, fit_square
+from dscnn.data.embedded import read_embedded
+from dscnn.data.imagefolder import read_imagefolder
+from dscnn.data.tiny_imagenet import read_tiny_imagenet
 
 DATA_ENV = "REPNAS_DATA"
 _READERS: dict[str, Callable[[Path], RawDataset]] = {
@@ -41,7 +41,7 @@ _READERS: dict[str, Callable[[Path], RawDataset]] = {
 }
 DATASETS = ("embedded", *_READERS)
 
-__all__ = ["DATASETS", "DataConfig", "DataError", "ImageDataset", "load_dataset"]
+__all__ = ["DATASETS", "DATA_ENV", "DataConfig", "ImageDataset", "load_dataset"]
 
 
 @dataclass(frozen=True)

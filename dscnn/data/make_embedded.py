@@ -1,8 +1,8 @@
-"""Build the embedded mini data set: ``python -m searchspace.make_embedded --source ../shared/data/cifar10``.
+"""Build the embedded mini data set: ``python -m dscnn.data.make_embedded --source ../shared/data/cifar10``.
 
 Takes a seeded, class-balanced random subset of a CIFAR-10 image tree (``train/<class>/*.jpg``,
 ``test/<class>/*.jpg``) and stores the files' original JPEG bytes with their labels and names in
-``searchspace/embedded/cifar10_mini.npz`` (format: `searchspace.datasets.embedded`).
+``dscnn/data/embedded/cifar10_mini.npz`` (format: `dscnn.data.embedded`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from searchspace.datasets._common import DataError, RawSplit, balanced_subset
-from searchspace.datasets.cifar import read_cifar
-from searchspace.datasets.embedded import EMBEDDED_PATH, pack_split
+from dscnn.data._common import DataError, RawSplit, balanced_subset
+from dscnn.data.cifar import read_cifar
+from dscnn.data.embedded import EMBEDDED_PATH, pack_split
 
 PROVENANCE = (
     "Class-balanced random subset (seed {seed}) of CIFAR-10 (Krizhevsky, 2009) as stored in the shared "

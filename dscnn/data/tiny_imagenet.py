@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from searchspace.datasets._common import (
+from dscnn.data._common import (
     RawDataset,
     RawSplit,
     file_paths,
