@@ -1,7 +1,7 @@
-"""CPU latency of the deploy-form RefCO against the dense 1x1 conv it replaces (SPEC 2.2, 4).
+"""CPU latency of the deploy-form RefCO against the dense 1x1 conv it replaces (docs/design.md 2.2, 4).
 
 For each width C and map size, times ``Conv2d(C, C, 1)`` and the fused ``RefCO(C, C)`` at R = 2 and
-R = 4 (smallest full-range band K) under the SPEC 4 CPU protocol (batch 1, fixed threads, >= 10
+R = 4 (smallest full-range band K) under the docs/design.md section 4 CPU protocol (batch 1, fixed threads, >= 10
 warm-up, >= 100 timed runs, median of 3 repeats), prints a table, writes JSON. The MACs column is
 fvcore's count relative to the dense conv; it includes the zeros RefCO's tiles execute.
 

@@ -1,5 +1,5 @@
 """Parameter and MAC counts. FLOPs in this project = multiply-accumulates counted by fvcore
-`FlopCountAnalysis` on the deploy form at batch 1 (SPEC section 0)."""
+`FlopCountAnalysis` on the deploy form at batch 1 (docs/design.md section 0)."""
 
 from __future__ import annotations
 

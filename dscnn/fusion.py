@@ -1,4 +1,4 @@
-"""Fusion maths for structural re-parameterization (SPEC section 1).
+"""Fusion maths for structural re-parameterization (docs/design.md section 1).
 
 Pure tensor functions: every block folds its branches through these, none re-implements them.
 A "kernel" is a conv weight of shape (out, in/groups, kh, kw); a "branch" is a (kernel, bias) pair.

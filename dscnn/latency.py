@@ -1,4 +1,4 @@
-"""Latency and throughput of one forward pass, under the measurement protocol of SPEC section 4.
+"""Latency and throughput of one forward pass, under the measurement protocol of docs/design.md section 4.
 
 CPU: a fixed thread count (default 1), >= 10 warm-up and >= 100 timed runs per repeat, each run
 timed with ``perf_counter``. GPU: ``cudnn.benchmark`` on, >= 50 warm-up and >= 200 timed runs per
@@ -30,7 +30,7 @@ from torch import nn
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICES = ("cpu", "cuda")
-#: Protocol minimums of SPEC section 4, used when warmup/runs are left unset: (warmup, runs).
+#: Protocol minimums of docs/design.md section 4, used when warmup/runs are left unset: (warmup, runs).
 PROTOCOL_RUNS = {"cpu": (10, 100), "cuda": (50, 200)}
 #: Repeats whose medians differ by more than this fraction of the median are flagged as noisy.
 NOISE_TOLERANCE = 0.2

@@ -46,7 +46,7 @@ class ConvBN(Reparameterizable):
     """Conv2d (no bias) followed by BatchNorm2d; fuses into one biased Conv2d.
 
     Padding defaults to the centred "same" padding ``dilation * (k // 2)`` per axis, which is what
-    lets parallel branches of different kernel sizes add exactly (SPEC rule 2).
+    lets parallel branches of different kernel sizes add exactly (docs/design.md rule 2).
     """
 
     def __init__(

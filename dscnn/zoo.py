@@ -1,6 +1,6 @@
 """Model zoo report: params and MACs of every registry model, beside the papers' numbers.
 
-``python -m dscnn.zoo [--json PATH] [--models PATTERN]``. FLOPs/MACs follow SPEC section 0:
+``python -m dscnn.zoo [--json PATH] [--models PATTERN]``. FLOPs/MACs follow docs/design.md section 0:
 multiply-accumulates counted by fvcore on the deploy form at batch 1 (fvcore also counts one op per
 input element of the global average pool, so a paper's pure conv+FC count is a hair lower).
 """
@@ -21,7 +21,7 @@ from dscnn._registry import create_model, list_models
 from dscnn.complexity import count_macs, count_params, deploy_copy
 from dscnn.models.base import resolve_stem_stride
 
-CONVENTION = "MACs = fvcore multiply-accumulates of the deploy form, batch 1 (SPEC 0)"
+CONVENTION = "MACs = fvcore multiply-accumulates of the deploy form, batch 1 (docs/design.md section 0)"
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class PaperCount:
 
 
 # The only place paper numbers live. DSCNN's table does not say which form its params are; its
-# RepMiX ablation (SPEC 2.1) counts the train form, so we compare against that.
+# RepMiX ablation (docs/design.md 2.1) counts the train form, so we compare against that.
 PAPER_COUNTS: dict[str, PaperCount] = {
     "dscnn_t0": PaperCount(3.7e6, "train", 0.32e9, "DSCNN Table 1"),
     "dscnn_t1": PaperCount(7.38e6, "train", 0.89e9, "DSCNN Table 1"),

@@ -1,6 +1,6 @@
 """What a pruning run reports: cost and accuracy before and after, per-layer widths, algorithm facts.
 
-Printed as a rich table and written as JSON beside the pruned model. FLOPs follow SPEC 0: fvcore
+Printed as a rich table and written as JSON beside the pruned model. FLOPs follow docs/design.md section 0: fvcore
 multiply-accumulates of the deploy form at batch 1 (the unpruned model is measured fused too).
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from dscnn.units import format_macs
 
-CONVENTION = "FLOPs = fvcore multiply-accumulates of the deploy form, batch 1 (SPEC 0)"
+CONVENTION = "FLOPs = fvcore multiply-accumulates of the deploy form, batch 1 (docs/design.md section 0)"
 #: Algorithm summary entries printed under the table (key -> label), when the algorithm reports them.
 HEADLINE_FACTS = {
     "max_removed_row_norm": "largest removed compactor row norm",  # ResRep
@@ -32,7 +32,7 @@ class ModelStats:
 
     params: int  # parameters of the deploy form
     macs: int  # fvcore MACs of the deploy form at batch 1
-    latency_ms: float | None  # median batch-1 latency (SPEC 4 CPU protocol), None if not timed
+    latency_ms: float | None  # median batch-1 latency (docs/design.md section 4 CPU protocol), None if not timed
     accuracy: float | None  # top-1 on the validation split, in [0, 1]
 
 

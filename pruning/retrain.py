@@ -9,7 +9,7 @@ plain again. The BN starts as the identity: ``running_mean = beta = batch mean``
 ``running_var = batch var, gamma = sqrt(var + eps)`` on the first training batch (and an exact
 identity in eval mode before that), so training starts from the deploy model's function.
 
-interpretation: ResRep and C-SGD train conv-BN(-compactor) models; SPEC 5.1 prunes the deploy
+interpretation: ResRep and C-SGD train conv-BN(-compactor) models; docs/design.md 5.1 prunes the deploy
 graph. Re-inserting BN for training reconciles the two. Bias-free convs (which had no BN in the
 train form either, e.g. FasterNet's projection, DSCNN's head conv) stay as they are.
 """

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pruning.groups import ChannelGroup, dependency_graph
 
-#: SPEC 0: relative tolerance of "numerically equal" per dtype.
+#: docs/design.md section 0: relative tolerance of "numerically equal" per dtype.
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
@@ -55,7 +55,7 @@ def relative_error(reference: Tensor, other: Tensor) -> float:
 
 
 def assert_same_outputs(reference: Tensor, other: Tensor, what: str) -> float:
-    """Raise RuntimeError unless ``other`` equals ``reference`` within SPEC 0's tolerance; returns the error."""
+    """Raise RuntimeError unless ``other`` equals ``reference`` within docs/design.md section 0's tolerance; returns the error."""
     err = relative_error(reference, other)
     tol = TOLERANCE.get(reference.dtype, 1e-5)
     if not err <= tol:

@@ -1,4 +1,4 @@
-"""The architecture search space, sampled define-by-run from an Optuna trial (SPEC section 7).
+"""The architecture search space, sampled define-by-run from an Optuna trial (docs/design.md section 7).
 
 `sample(trial, space, num_classes=..., resolution=...)` calls only ``trial.suggest_*`` and returns a
 frozen model config of the block library, so it runs the same under a study, under Ray Tune's

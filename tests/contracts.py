@@ -1,4 +1,4 @@
-"""Shared contracts every re-parameterizable block and registry model must satisfy (SPEC section 0)."""
+"""Shared contracts every re-parameterizable block and registry model must satisfy (docs/design.md section 0)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from dscnn import Reparameterizable, is_deploy_form, reparameterize_model
 
-#: Leaf module types allowed in a deploy-form model (SPEC 0: "deploy form is plain").
+#: Leaf module types allowed in a deploy-form model (docs/design.md section 0: "deploy form is plain").
 PLAIN_LEAVES: tuple[type[nn.Module], ...] = (
     nn.Conv2d, nn.Linear, nn.ReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Identity, nn.Sigmoid,
     nn.Softmax, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Dropout,
@@ -50,7 +50,7 @@ def assert_plain(model: nn.Module) -> None:
 
 
 def assert_deploy_equivalent(module: nn.Module, x: Tensor, dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
-    """Train vs deploy form agree within SPEC tolerance; fusing twice changes nothing."""
+    """Train vs deploy form agree within the docs/design.md section 0 tolerance; fusing twice changes nothing."""
     module = copy.deepcopy(module).to(dtype)
     randomize_bn(module, seed)
     module.eval()

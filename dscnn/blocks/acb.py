@@ -1,7 +1,7 @@
 """Asymmetric Convolution Block (Ding et al., "ACNet", ICCV 2019).
 
 Train: kxk conv-BN + 1xk conv-BN + kx1 conv-BN, summed. Deploy: one kxk conv with bias; the
-asymmetric kernels land in the centre row and column (SPEC rule 4).
+asymmetric kernels land in the centre row and column (docs/design.md rule 4).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The shared machinery behind RepVGG, ACNet, RepLK and RepASO: each of those is this module with a
 particular set of kernel shapes. All branches share stride, groups and dilation and use centred
-"same" padding, so their receptive fields align and their kernels add (SPEC rules 2-4).
+"same" padding, so their receptive fields align and their kernels add (docs/design.md rules 2-4).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """SCConv (Li, Wen, He, "SCConv: Spatial and Channel Reconstruction Convolution for Feature
-Redundancy", CVPR 2023), SPEC 2.3: a plug-in replacement for a 3x3 conv.
+Redundancy", CVPR 2023), docs/design.md 2.3: a plug-in replacement for a 3x3 conv.
 
 SRU (spatial reconstruction): a GroupNorm-driven gate separates informative from redundant
 activations, and the two parts are cross-added between channel halves.

@@ -1,6 +1,6 @@
 """DSCNN_T0/T1/T2/S: FasterNet's macro layout with re-parameterized blocks (DSCNN, Table 1).
 
-The DSCNN paper is available to us only as an abstract and tables; the layout follows SPEC 3:
+The DSCNN paper is available to us only as an abstract and tables; the layout follows docs/design.md section 3:
 FasterNet's skeleton (Chen et al., CVPR 2023): stem to h/4, four stages of widths c, 2c, 4c, 8c,
 2x2 stride-2 merge convs + BN between stages, head GAP -> 1x1 conv to 1280 -> act -> FC.
 Stem: a kernel = stride conv + BN, then RepMiX (r=3) and a ConvFFN. Blocks: MetaLightBlock with

@@ -1,4 +1,4 @@
-"""Seeded random configurations of every branch block: train and deploy forms agree (SPEC 0, 2)."""
+"""Seeded random configurations of every branch block: train and deploy forms agree (docs/design.md sections 0, 2)."""
 
 from __future__ import annotations
 

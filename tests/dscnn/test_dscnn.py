@@ -1,4 +1,4 @@
-"""DSCNN models: config validation, stem strides, SCConv stages, and the counts at 224 (SPEC 3)."""
+"""DSCNN models: config validation, stem strides, SCConv stages, and the counts at 224 (docs/design.md section 3)."""
 
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ class _Sum(nn.Module):
 
 
 @pytest.mark.parametrize(("second", "branches"), [
-    (lambda: nn.Conv2d(4, 4, 1), 1),  # 3x3 + 1x1, same stride and groups: mergeable (SPEC rule 2)
+    (lambda: nn.Conv2d(4, 4, 1), 1),  # 3x3 + 1x1, same stride and groups: mergeable (docs/design.md rule 2)
     (lambda: None, 0),  # residual a(x) + x: allowed
     (lambda: nn.Sequential(nn.Conv2d(4, 4, 1, stride=2), nn.Upsample(scale_factor=2)), 0),  # other stride
     (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=2), 0),  # SCConv-like grouped + dense pair: kept by design

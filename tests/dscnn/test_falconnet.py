@@ -1,4 +1,4 @@
-"""FalconNet: config contract for the search space, layout, stem strides, fusion (SPEC 3)."""
+"""FalconNet: config contract for the search space, layout, stem strides, fusion (docs/design.md section 3)."""
 
 from __future__ import annotations
 

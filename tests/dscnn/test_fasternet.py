@@ -1,4 +1,4 @@
-"""FasterNet baseline: PConv semantics and the published counts (SPEC section 3)."""
+"""FasterNet baseline: PConv semantics and the published counts (docs/design.md section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every function of dscnn.fusion against the un-fused computation, in float64 (SPEC section 1)."""
+"""Every function of dscnn.fusion against the un-fused computation, in float64 (docs/design.md section 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The registry contract, run on every model (SPEC sections 0 and 3)."""
+"""The registry contract, run on every model (docs/design.md sections 0 and 3)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_duplicate_registration_refused() -> None:
         dscnn.register_model(repvgg_a0)  # type: ignore[arg-type]
 
 
-# Official deploy params and fvcore MACs at 224 with 1000 classes (SPEC section 3).
+# Official deploy params and fvcore MACs at 224 with 1000 classes (docs/design.md section 3).
 REFERENCE_COUNTS = {
     "repvgg_a0": (8_309_384, 1_361_513_728),
     "repvgg_a1": (12_789_864, 2_364_030_208),

@@ -1,4 +1,4 @@
-"""RefCO / SF-Conv: exact fusion, full receptive range, banded = dense reference, sizes (SPEC 2.2)."""
+"""RefCO / SF-Conv: exact fusion, full receptive range, banded = dense reference, sizes (docs/design.md 2.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SCConv: SRU / CRU against straightforward references, CRU parameter formula, fusion (SPEC 2.3)."""
+"""SCConv: SRU / CRU against straightforward references, CRU parameter formula, fusion (docs/design.md 2.3)."""
 
 from __future__ import annotations
 

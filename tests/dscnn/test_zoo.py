@@ -20,7 +20,7 @@ def test_repvgg_a0_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert row["model"] == "repvgg_a0" and row["resolution"] == 224 and row["stem_stride"] == 4
     assert row["params_deploy"] == row["params_deploy_224"] == 8_309_384  # official deploy count
     assert row["macs_deploy"] == row["macs_deploy_224"] == 1_361_513_728
-    assert 9.0e6 < row["params_train"] < 9.2e6  # SPEC: train form about 9.11M
+    assert 9.0e6 < row["params_train"] < 9.2e6  # docs/design.md section 3: train form about 9.11M
     assert row["paper"]["params"] == 8_309_384 and row["paper"]["params_form"] == "deploy"
     assert row["params_rel_diff"] == 0
     assert row["macs_rel_diff"] == pytest.approx((1_361_513_728 - 1.361e9) / 1.361e9)
