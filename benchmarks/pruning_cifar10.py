@@ -7,15 +7,15 @@ budget), (b) with C-SGD (`pruning.csgd`, its centripetal training counts as the 
 land at the same target) followed by plain fine-tuning for the same number of epochs (all three
 train the deploy graph with BN re-inserted, `pruning.retrain`).
 Reports top-1, deploy FLOPs (fvcore MACs, batch 1), deploy params and CPU batch-1 latency (1
-thread, SPEC 4 protocol) for unpruned / ResRep / C-SGD / magnitude, as a table and as JSON.
+thread, docs/design.md section 4 protocol) for unpruned / ResRep / C-SGD / magnitude, as a table and as JSON.
 
-Scale (the default fits well under 40 minutes on 2 idle cores; SPEC 8: one full CIFAR-10 epoch of
+Scale (the default fits well under 40 minutes on 2 idle cores; docs/design.md section 8: one full CIFAR-10 epoch of
 ResNet-56 takes ~7 minutes there): a class-balanced subset (default 200 train + 100 val images per
 class), 10 epochs of base training and a pruning budget of 6 epochs. Accuracies are far below published
 full-schedule numbers (ResNet-56: 93.7%); the comparison between methods at equal budget is the
 point. ResRep's lasso strength is scaled to the short schedule (the paper's 1e-4 assumes hundreds
 of epochs: with compactor momentum 0.99 a masked row shrinks by about 100*lr*lasso per step), and
-so is C-SGD's centripetal strength (`csgd_strength`: the SPEC's 3e-3 would leave the clusters
+so is C-SGD's centripetal strength (`csgd_strength`: the paper's 3e-3 (docs/design.md section 6) would leave the clusters
 unmerged after a few hundred steps, and merging them would then be lossy).
 
 ``--methods`` runs a subset; the trained unpruned models are reused from ``--work-dir`` and the
@@ -48,18 +48,18 @@ from rich.table import Table
 from torch import nn
 
 import dscnn
+from dscnn.data import DataConfig, ImageDataset, load_dataset
 from dscnn.environment import environment
+from dscnn.train import TrainConfig, evaluate_accuracy, train_and_evaluate
 from dscnn.units import format_macs
 from pruning.csgd import CSGD, VECTOR_FACTOR, CSGDConfig
-from pruning.flops import CostModel
 from pruning.groups import find_groups
-from pruning.masking import update_masks
+from pruning.macs import CostModel
 from pruning.resrep import ResRep, ResRepConfig
+from pruning.resrep.masking import update_masks
 from pruning.retrain import train_deploy
 from pruning.run import RunConfig, run_pruning
 from pruning.targets import parse_target
-from dscnn.data import DataConfig, ImageDataset, load_dataset
-from dscnn.train import TrainConfig, evaluate_accuracy, train_and_evaluate
 
 #: label -> (registry model, overrides at 32x32 / 10 classes)
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -213,9 +213,10 @@ def run_algorithm(
     """ResRep or C-SGD through the shared driver, from the trained checkpoint."""
     steps = max(1, len(data.train_labels) // args.batch_size)
     run = RunConfig(
-        target=TARGET, dataset="cifar10", data_dir=args.data_dir, train_per_class=args.train_per_class,
-        val_per_class=args.val_per_class, epochs=args.prune_epochs, batch_size=args.batch_size, lr=args.lr,
-        device=args.device, out=str(Path(args.work_dir) / f"{label}_{method}.pt"),
+        target=TARGET, data=DataConfig("cifar10", args.data_dir, args.train_per_class, args.val_per_class),
+        train=TrainConfig(epochs=args.prune_epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
+                          device=args.device),
+        out=str(Path(args.work_dir) / f"{label}_{method}.pt"),
     )
     if method == "resrep":
         granularity = resrep_granularity(deploy, args.prune_epochs, steps, args.mask_interval)

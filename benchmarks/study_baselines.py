@@ -18,14 +18,13 @@ from pathlib import Path
 import optuna
 
 import dscnn
-import search
+from dscnn.data import load_dataset
 from dscnn.environment import environment
 from dscnn.latency import measure_latency_ms
-from searchspace import report
-from searchspace.baselines import BASELINES, get_baseline
-from dscnn.data import load_dataset
-from searchspace.storage import open_storage
 from dscnn.train import train_and_evaluate
+from searchspace import SearchConfig, read_study_table, report
+from searchspace.baselines import BASELINES, get_baseline
+from searchspace.storage import open_storage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", default="", help="comma list of baselines to train with the study's proxy training")
     parser.add_argument("--json", required=True, help="where the results go")
     args = parser.parse_args(argv)
-    config = search.config_from_args(["--study", args.study])
+    config = SearchConfig.from_mapping(read_study_table(args.study))
     study = optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
     best = report.best_row(report.trial_rows(study))
     data = load_dataset(config.data)

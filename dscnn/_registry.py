@@ -57,9 +57,18 @@ def config_from_dict(data: dict[str, Any]) -> ArchConfig:
 
 
 def build_model(config: ArchConfig) -> nn.Module:
-    """Build the train-form model described by ``config``."""
+    """Build the train-form model described by ``config``; a pruned config (``pruned_layers``) gives
+    its pruned deploy form instead (fresh weights: pruning exists only on the fused graph)."""
     try:
         _, builder = _FAMILIES[config.family]
     except KeyError:
         raise ValueError(f"no model family {config.family!r} registered") from None
-    return builder(config)
+    if not config.pruned_layers:
+        return builder(config)
+    from dscnn.pruned import apply_pruned_layers
+    from dscnn.reparam import reparameterize_model
+
+    model = reparameterize_model(builder(config.replace(pruned_layers=())))
+    apply_pruned_layers(model, config.pruned_layers)
+    model.config = config  # type: ignore[assignment]
+    return model

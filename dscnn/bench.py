@@ -2,7 +2,7 @@
 
 Prints a table in the shape of the DSCNN paper's Table 3 (params, FLOPs, train- and deploy-form
 latency, speedup, throughput, FLOPS) and optionally writes it as JSON with the environment.
-FLOPs = fvcore multiply-accumulates of the deploy form at batch 1 (SPEC section 0).
+FLOPs = fvcore multiply-accumulates of the deploy form at batch 1 (docs/design.md section 0).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def render(config: BenchConfig, results: list[tuple[str, DeployCost]]) -> Table:
             name, f"{c.params_train / 1e6:.2f}", f"{c.params_deploy / 1e6:.2f}", f"{c.macs / 1e9:.3f}",
             _fmt_latency(c.train_latency), _fmt_latency(c.latency),
             _fmt(c.speedup, "{:.2f}x"), _fmt(c.latency.throughput_ips if c.latency else None, "{:.1f}"),
-            _fmt(c.flops_per_s / 1e9 if c.flops_per_s is not None else None, "{:.1f}"),
+            _fmt(c.macs_per_s / 1e9 if c.macs_per_s is not None else None, "{:.1f}"),
         )
     return table
 
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     d = LatencySettings()
     p = argparse.ArgumentParser(
         prog="python -m dscnn.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Protocol (SPEC section 4): CPU >= 10 warm-up / 100 timed runs, GPU >= 50 / 200 with "
+        epilog="Protocol (docs/design.md section 4): CPU >= 10 warm-up / 100 timed runs, GPU >= 50 / 200 with "
         "cudnn.benchmark on; the latency is the median over repeats of each repeat's median run.")
     p.add_argument("--models", default="all", help="comma list of names or globs, or 'all' (default); "
                    f"known: {', '.join(list_bench_models())}")

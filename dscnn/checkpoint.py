@@ -3,11 +3,10 @@
 A checkpoint rebuilds its model through the registry (never pickled modules): the train-form
 model is built from the config, fused if the checkpoint is in deploy form, then loaded.
 
-A channel-pruned deploy model (``save_checkpoint(..., pruned=True)``) no longer has its config's
-widths: its checkpoint says so, and loading resizes every Conv2d / Linear of the freshly fused
-model to the shapes stored in its state_dict (channels, and groups for depthwise convs) before
-loading the weights. Anything else that disagrees (a missing layer, another kernel size) is still
-a `CheckpointError`.
+A channel-pruned deploy model (``save_checkpoint(..., pruned=True)``) no longer has the widths of
+its config's fields: its saved config carries them (``pruned_layers``, see `dscnn.pruned`), so the
+config and its hash describe the pruned model, and loading rebuilds it from the config alone.
+Weights that disagree with the config (a missing layer, another kernel size) are a `CheckpointError`.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from torch import nn
 
 from dscnn._registry import build_model, config_from_dict
 from dscnn.config import ArchConfig
+from dscnn.pruned import pruned_config
 from dscnn.reparam import is_deploy_form, reparameterize_model
 
 FORMAT = "repnas-checkpoint"
@@ -63,6 +63,11 @@ def save_checkpoint(
     deploy = is_deploy_form(model)
     if pruned and not deploy:
         raise CheckpointError("a pruned model must be in deploy form (pruning works on the fused graph)")
+    if pruned:
+        try:
+            config = pruned_config(model, config)
+        except ValueError as exc:
+            raise CheckpointError(f"cannot describe the pruned model: {exc}") from None
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -115,52 +120,31 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{str(path)!r}: cannot rebuild its architecture: {exc}") from None
     form: Form = payload["form"]
-    pruned = bool(payload.get("pruned", False))
-    model = build_model(config)
-    if form == "deploy":
+    pruned = bool(config.pruned_layers)
+    if bool(payload.get("pruned", False)) != pruned or (pruned and form != "deploy"):
+        raise CheckpointError(f"{str(path)!r}: pruned checkpoint without its pruned widths in the config "
+                              "(written by an older repnas?): prune the model again")
+    try:
+        model = build_model(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{str(path)!r}: cannot rebuild its architecture: {exc}") from None
+    if form == "deploy" and not pruned:
         reparameterize_model(model)
     if pruned:
-        _resize_to_state(model, payload["state_dict"], str(path))
+        _check_kernels(model, payload["state_dict"], str(path))
     _load_state(model, payload["state_dict"], str(path))
     model.to(map_location)
     model.eval()
     return model, Checkpoint(config, form, payload.get("metrics", {}), payload.get("extra", {}), pruned)
 
 
-def _resize_to_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """Give every Conv2d / Linear the shape of its weight in ``state`` (a channel-pruned model)."""
+def _check_kernels(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """A stored conv kernel of another shape than the pruned config's: name the layer."""
     for name, module in model.named_modules():
-        weight = state.get(f"{name}.weight" if name else "weight")
-        if weight is None or not isinstance(module, (nn.Conv2d, nn.Linear)) or weight.shape == module.weight.shape:
-            continue
-        if isinstance(module, nn.Conv2d):
-            _resize_conv(module, tuple(weight.shape), f"{path!r}: {name}")
-        else:
-            module.out_features, module.in_features = int(weight.shape[0]), int(weight.shape[1])
-        _fresh_parameters(module, weight.shape)
-
-
-def _resize_conv(conv: nn.Conv2d, shape: tuple[int, ...], where: str) -> None:
-    out, in_per_group = shape[0], shape[1]
-    if len(shape) != 4 or tuple(shape[2:]) != tuple(conv.weight.shape[2:]):
-        raise CheckpointError(f"{where}: stored kernel {shape} does not fit conv {tuple(conv.weight.shape)}")
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-    if depthwise:  # pruning a depthwise conv removes input, output and group together
-        if in_per_group != 1:
-            raise CheckpointError(f"{where}: depthwise conv stored with {in_per_group} inputs per group")
-        conv.groups = conv.in_channels = conv.out_channels = out
-    else:
-        if out % conv.groups:
-            raise CheckpointError(f"{where}: {out} output channels do not divide into {conv.groups} groups")
-        conv.out_channels, conv.in_channels = out, in_per_group * conv.groups
-
-
-def _fresh_parameters(module: nn.Conv2d | nn.Linear, shape: torch.Size) -> None:
-    """Uninitialised parameters of the new shape (load_state_dict fills them)."""
-    like = module.weight
-    module.weight = nn.Parameter(torch.empty(shape, dtype=like.dtype, device=like.device))
-    if module.bias is not None:
-        module.bias = nn.Parameter(torch.empty(shape[0], dtype=like.dtype, device=like.device))
+        weight = state.get(f"{name}.weight")
+        if isinstance(module, nn.Conv2d) and weight is not None and weight.shape != module.weight.shape:
+            raise CheckpointError(f"{path!r}: {name}: stored kernel {tuple(weight.shape)} does not fit conv "
+                                  f"{tuple(module.weight.shape)} of its config")
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:

@@ -14,6 +14,8 @@ import typing
 from typing import Any, ClassVar, TypeVar
 
 C = TypeVar("C", bound="ArchConfig")
+#: (module name, output channels, input channels) of a Conv2d / Linear resized by channel pruning
+PrunedLayer = tuple[str, int, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,9 +26,15 @@ class ArchConfig:
 
     num_classes: int = 1000  # classifier outputs
     resolution: int = 224  # input height = width the model is built and counted at
+    # channel-pruned deploy model: the layers whose widths differ from the fields' (dscnn.pruned);
+    # () = not pruned. Kept out of `to_dict` when empty, so unpruned configs hash as they always did.
+    pruned_layers: tuple[PrunedLayer, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.pruned_layers:
+            del data["pruned_layers"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps({"family": self.family, **self.to_dict()}, sort_keys=True)

@@ -2,7 +2,7 @@
 
 `measure_deploy_cost` is the one function search, pruning and benchmarks call: it fuses a copy
 (`dscnn.deploy_copy`), counts, and times the deploy form through the on-disk cache so that the
-same deploy graph is never timed twice. FLOPs follow SPEC section 0: fvcore multiply-accumulates
+same deploy graph is never timed twice. FLOPs follow docs/design.md section 0: fvcore multiply-accumulates
 of the deploy form at batch 1; "FLOPS" = MACs per image x images per second.
 """
 
@@ -38,7 +38,7 @@ class DeployCost:
         return self.latency.median_ms
 
     @property
-    def flops_per_s(self) -> float | None:
+    def macs_per_s(self) -> float | None:
         """Achieved MACs per second: MACs per image x images per second of the deploy form."""
         return None if self.latency is None else self.macs * self.latency.throughput_ips
 
@@ -50,7 +50,7 @@ class DeployCost:
         return self.train_latency.median_ms / self.latency.median_ms
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "flops_per_s": self.flops_per_s, "speedup": self.speedup}
+        return {**dataclasses.asdict(self), "macs_per_s": self.macs_per_s, "speedup": self.speedup}
 
 
 def measure_deploy_cost(

@@ -141,11 +141,12 @@ def measure_latency_ms(model: nn.Module, settings: LatencySettings) -> LatencyRe
     if device.type == "cpu":
         pin_malloc()
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    model = copy.deepcopy(model).eval().to(device=device, dtype=settings.dtype, memory_format=memory_format)
+    model = copy.deepcopy(model).eval().to(device=device, dtype=settings.dtype)
+    model = model.to(memory_format=memory_format)
     shape = (settings.batch, settings.in_channels, settings.resolution, settings.resolution)
     x = torch.randn(shape, device=device, dtype=settings.dtype).contiguous(memory_format=memory_format)
     with _protocol_state(settings), torch.inference_mode():
-        for _ in range(settings.warmup):
+        for _ in range(settings.warmup or 0):  # resolved in __post_init__; never None here
             model(x)
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from dscnn.config import ArchConfig
 from dscnn.environment import hardware_id
 from dscnn.latency import LatencySettings
 
@@ -49,7 +50,7 @@ def architecture_key(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     text = json.dumps(
-        {"config": config.arch_hash() if hasattr(config, "arch_hash") else None, "modules": repr(model),
+        {"config": config.arch_hash() if isinstance(config, ArchConfig) else None, "modules": repr(model),
          "shapes": shapes},
         sort_keys=True,
     )

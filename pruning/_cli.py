@@ -14,25 +14,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pruning.algorithm import PruningAlgorithm
-from pruning.run import RunConfig, run_pruning
+from dscnn.checkpoint import CheckpointError
 from dscnn.data import DATASETS, DataError
+from pruning.algorithm import PruningAlgorithm, PruningError
+from pruning.run import RunConfig, run_pruning
 
-#: The run flags: (flag, RunConfig field, type, help).
-RUN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--dataset", "dataset", str, f"data set: {', '.join(DATASETS)}"),
-    ("--data-dir", "data_dir", str, "folder with the data (default: $REPNAS_DATA)"),
-    ("--train-per-class", "train_per_class", int, "class-balanced training subset (0 = all)"),
-    ("--val-per-class", "val_per_class", int, "class-balanced validation subset (0 = all)"),
-    ("--epochs", "epochs", int, "training epochs with the pruning regularizer"),
-    ("--finetune-epochs", "finetune_epochs", int, "plain training epochs after pruning"),
-    ("--batch-size", "batch_size", int, "training batch size"),
-    ("--lr", "lr", float, "peak learning rate (cosine to 0)"),
-    ("--weight-decay", "weight_decay", float, "weight decay on kernels"),
-    ("--device", "device", str, "cpu, cuda or auto"),
-    ("--seed", "seed", int, "seed of data order and subsets"),
-    ("--out", "out", str, "pruned model path (default: <checkpoint>_<method>.pt); the report is <out>.json"),
+#: The run flags: (flag, section of RunConfig ("" = itself, "data", "train"), field, type, help).
+RUN_FLAGS: tuple[tuple[str, str, str, Any, str], ...] = (
+    ("--dataset", "data", "name", str, f"data set: {', '.join(DATASETS)}"),
+    ("--data-dir", "data", "data_dir", str, "folder with the data (None: $REPNAS_DATA)"),
+    ("--train-per-class", "data", "train_per_class", int, "class-balanced training subset (0 = all)"),
+    ("--val-per-class", "data", "val_per_class", int, "class-balanced validation subset (0 = all)"),
+    ("--epochs", "train", "epochs", int, "training epochs with the pruning regularizer"),
+    ("--finetune-epochs", "", "finetune_epochs", int, "plain training epochs after pruning"),
+    ("--batch-size", "train", "batch_size", int, "training batch size"),
+    ("--lr", "train", "lr", float, "peak learning rate (cosine to 0)"),
+    ("--weight-decay", "train", "weight_decay", float, "weight decay on kernels"),
+    ("--device", "train", "device", str, "cpu, cuda or auto"),
+    ("--seed", "train", "seed", int, "seed of data order, augmentation and subsets"),
+    ("--out", "", "out", str, "pruned model path (None: <checkpoint>_<method>.pt); the report is <out>.json"),
 )
+
+
+def default_help(text: str, config: object, name: str) -> str:
+    """``text`` with the dataclass default of ``name`` appended: one place holds each default."""
+    return f"{text} (default: {getattr(config, name)})"
+
 
 AddFlags = Callable[[argparse.ArgumentParser], None]
 Build = Callable[[dict[str, Any]], PruningAlgorithm]
@@ -46,8 +53,11 @@ def build_parser(method: str, add_flags: AddFlags) -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", nargs="?", help="repnas checkpoint; with --model: an optional state_dict file")
     parser.add_argument("--model", help="prune a torchvision model by name (weights=None) instead of a checkpoint")
     parser.add_argument("--target-flops", required=True, help="deploy MACs: 0.3G, 300M, or 0.5x the current")
-    for flag, field, kind, text in RUN_FLAGS:
-        parser.add_argument(flag, dest=field, type=kind, help=text)
+    defaults = RunConfig(target="0.5x")
+    for flag, section, name, kind, text in RUN_FLAGS:
+        owner = getattr(defaults, section) if section else defaults
+        parser.add_argument(flag, dest=f"{section}.{name}", type=kind, metavar=flag[2:].upper().replace("-", "_"),
+                            help=default_help(text, owner, name))
     parser.add_argument("--no-latency", dest="time_latency", action="store_false", default=None,
                         help="skip the CPU latency measurements")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
@@ -59,15 +69,31 @@ def build_parser(method: str, add_flags: AddFlags) -> argparse.ArgumentParser:
 def run_cli(method: str, argv: list[str] | None, add_flags: AddFlags, build: Build) -> int:
     """Parse ``argv``, run the pruning, print the report; 0 on success, 2 on bad input."""
     args = vars(build_parser(method, add_flags).parse_args(argv))
-    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
-    given = {k: v for k, v in args.items() if v is not None}
+    given = {k: v for k, v in args.items() if v is not None and k not in ("checkpoint", "model", "target_flops")}
+    run = {(k.split(".")[0], k.split(".")[1]): v for k, v in given.items() if "." in k}
     try:
-        config = RunConfig(target=given.pop("target_flops"), **{k: v for k, v in given.items() if k in run_fields})
-        algorithm = build({k: v for k, v in given.items() if k not in run_fields | {"checkpoint", "model"}})
+        config = _run_config(args["target_flops"], run, given)
+        algorithm = build({k: v for k, v in given.items() if "." not in k and k not in ("time_latency", "progress")})
         _, report = run_pruning(algorithm, config, checkpoint=args["checkpoint"], torchvision_model=args["model"])
-    except (ValueError, DataError) as exc:  # CheckpointError is a ValueError
+    except (PruningError, DataError, CheckpointError) as exc:  # the user's input, not a bug: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report.print()
     print(f"wrote {report.output} and {Path(report.output).with_suffix('.json')}")
     return 0
+
+
+def _run_config(target: str, run: dict[tuple[str, str], Any], given: dict[str, Any]) -> RunConfig:
+    base = RunConfig(target=target)
+    try:
+        sections = {
+            section: dataclasses.replace(getattr(base, section), **{n: v for (s, n), v in run.items() if s == section})
+            for section in ("data", "train")
+        }
+        if ("train", "seed") in run:  # one seed for the data subset and the training
+            sections["data"] = dataclasses.replace(sections["data"], seed=run[("train", "seed")])
+        top = {n: v for (s, n), v in run.items() if s == ""}
+        top |= {k: given[k] for k in ("time_latency", "progress") if k in given}
+        return dataclasses.replace(base, **sections, **top)
+    except ValueError as exc:
+        raise PruningError(str(exc)) from None

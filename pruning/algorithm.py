@@ -16,6 +16,10 @@ from torch import Tensor, nn
 from dscnn.train import TrainConfig
 
 
+class PruningError(ValueError):
+    """A pruning run that cannot proceed as asked (bad target, knob, checkpoint/model pairing, output path)."""
+
+
 class PruningAlgorithm(Protocol):
     name: str  # short name used in reports and default output paths ("resrep", "csgd")
 

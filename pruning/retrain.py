@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dscnn.fusion import fold_bn_module
 from dscnn.data import ImageDataset
+from dscnn.fusion import fold_bn_module
 from dscnn.train import TrainConfig, TrainResult, train_and_evaluate
 
 
@@ -37,6 +37,7 @@ class RetrainBN(nn.Module):
         self.conv = conv
         self.bn = nn.BatchNorm2d(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
+            assert self.bn.running_var is not None
             self.bn.running_var.fill_(1.0 - self.bn.eps)  # exact identity in eval mode before training
         self.register_buffer("initialized", torch.tensor(False, device=conv.weight.device))
 

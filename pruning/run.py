@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,20 @@ from torch import nn
 
 from dscnn.complexity import count_macs, count_params
 from dscnn.cost import measure_deploy_cost
+from dscnn.data import DataConfig, ImageDataset, load_dataset
 from dscnn.latency import LatencySettings
+from dscnn.train import TrainConfig, evaluate_accuracy
 from dscnn.units import format_macs
-from pruning.algorithm import PruningAlgorithm
+from pruning.algorithm import PruningAlgorithm, PruningError
 from pruning.report import ModelStats, PruneReport, layer_widths
 from pruning.retrain import train_deploy
 from pruning.source import ModelSource, load_source
 from pruning.targets import parse_target
-from dscnn.data import DataConfig, ImageDataset, load_dataset
-from dscnn.train import TrainConfig, evaluate_accuracy
+
+
+def _retrain_recipe() -> TrainConfig:
+    # training starts from a trained model: a lower peak LR and weight decay than from scratch
+    return TrainConfig(epochs=10, batch_size=64, lr=0.01, weight_decay=1e-4)
 
 
 @dataclass(frozen=True)
@@ -38,34 +43,22 @@ class RunConfig:
     """Everything about a pruning run that is not the algorithm's own knobs."""
 
     target: str  # FLOPs target: "0.3G", "300M" (deploy MACs) or "0.5x" (of the current MACs)
-    dataset: str = "embedded"  # dscnn.data.DATASETS
-    data_dir: str | None = None  # None = $REPNAS_DATA
-    train_per_class: int = 0  # class-balanced training subset; 0 = all
-    val_per_class: int = 0  # class-balanced validation subset; 0 = all
-    epochs: int = 10  # training with the algorithm's regularizer (cosine LR to 0)
-    finetune_epochs: int = 0  # plain training of the pruned model afterwards
-    batch_size: int = 64
-    lr: float = 0.01  # peak LR (training starts from a trained model: less than from scratch)
-    momentum: float = 0.9  # SGD momentum of the model's own weights
-    weight_decay: float = 1e-4  # on kernels (not biases, not compactors)
-    device: str = "cpu"  # "cpu", "cuda", "auto"
-    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=_retrain_recipe)  # epochs = training with the regularizer
+    finetune_epochs: int = 0  # plain training of the pruned model afterwards (same recipe otherwise)
     out: str | None = None  # pruned model path; None = "<checkpoint>_<method>.pt" beside the input
-    time_latency: bool = True  # CPU batch-1 latency before and after (SPEC 4 protocol)
+    time_latency: bool = True  # CPU batch-1 latency before and after (docs/design.md section 4 protocol)
     latency_threads: int = 1
     progress: bool = True  # progress bars while training
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.finetune_epochs < 0:
-            raise ValueError(f"epochs must be >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or self.batch_size < 1:
-            raise ValueError(f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
+        if self.finetune_epochs < 0:
+            raise PruningError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        if not math.isfinite(self.train.lr):
+            raise PruningError(f"lr must be a finite number > 0, got {self.train.lr}")
 
     def train_config(self, resolution: int, epochs: int) -> TrainConfig:
-        return TrainConfig(
-            epochs=epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-            weight_decay=self.weight_decay, resolution=resolution, device=self.device, seed=self.seed,
-        )
+        return dataclasses.replace(self.train, resolution=resolution, epochs=epochs)
 
 
 def run_pruning(
@@ -81,7 +74,7 @@ def run_pruning(
     out = _output_path(config, checkpoint, torchvision_model, algorithm.name)
     source, data, target_macs = _load(config, checkpoint, torchvision_model)
     resolution = source.resolution or data.resolution
-    train = config.train_config(resolution, config.epochs)
+    train = config.train_config(resolution, config.train.epochs)
     settings = LatencySettings(resolution=resolution, threads=config.latency_threads)
 
     model = source.model
@@ -91,7 +84,7 @@ def run_pruning(
                 f"target {format_macs(target_macs)}")
 
     example = torch.zeros(1, 3, resolution, resolution)
-    steps_per_epoch = max(1, len(data.train_labels) // config.batch_size)
+    steps_per_epoch = max(1, len(data.train_labels) // train.batch_size)
     work = algorithm.prepare(model, target_macs, example, steps_per_epoch)
     train_deploy(
         work, data, train, param_groups=algorithm.param_groups, after_backward=algorithm.regularize,
@@ -128,17 +121,16 @@ def _load(
     macs = count_macs(source.model, source.resolution) if source is not None else None
     if macs is not None:
         target.resolve(macs)  # a target at or above the current FLOPs fails before the data loads
-    data = load_dataset(
-        DataConfig(config.dataset, config.data_dir, config.train_per_class, config.val_per_class, config.seed)
-    )
+    data = load_dataset(config.data)
     if source is None:
         source = load_source(checkpoint, torchvision_model, num_classes=data.num_classes)
         macs = count_macs(source.model, data.resolution)
     if source.num_classes != data.num_classes:
-        raise ValueError(
-            f"the model has {source.num_classes} outputs but {config.dataset} has {data.num_classes} classes"
+        raise PruningError(
+            f"the model has {source.num_classes} outputs but {config.data.name} has {data.num_classes} classes"
         )
     source.model.cpu().eval()
+    assert macs is not None
     return source, data, target.resolve(float(macs))
 
 
@@ -173,6 +165,6 @@ def _output_path(config: RunConfig, checkpoint: str | None, torchvision_model: s
         out = Path(checkpoint or "model.pt").with_suffix("")
         out = out.with_name(f"{out.name}_{method}.pt")
     if checkpoint is not None and Path(checkpoint).resolve() == out.resolve():
-        raise ValueError(f"--out {str(out)!r} would overwrite the input checkpoint")
+        raise PruningError(f"--out {str(out)!r} would overwrite the input checkpoint")
     return out
 

@@ -23,7 +23,9 @@ from torch import nn
 
 from dscnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dscnn.external import TORCHVISION_MODELS, create_bench_model, deploy_function
+from dscnn.pruned import pruned_config
 from dscnn.reparam import reparameterize_model
+from pruning.algorithm import PruningError
 
 
 @dataclass
@@ -39,6 +41,7 @@ class ModelSource:
     def save(self, path: Path, pruned: nn.Module, metrics: dict[str, Any]) -> Path:
         """Write the pruned model: a repnas checkpoint, or a whole pickled module for torchvision."""
         if self.kind == "checkpoint":
+            pruned.config = pruned_config(pruned)  # type: ignore[assignment]  # the in-memory model describes itself too
             return save_checkpoint(path, pruned.cpu(), metrics=metrics, pruned=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -57,7 +60,7 @@ def load_source(checkpoint: str | None, torchvision_model: str | None, *, num_cl
     if torchvision_model is not None:
         return _torchvision(torchvision_model, checkpoint, num_classes)
     if checkpoint is None:
-        raise ValueError("give a checkpoint to prune, or --model NAME for a torchvision model")
+        raise PruningError("give a checkpoint to prune, or --model NAME for a torchvision model")
     model, info = load_checkpoint(checkpoint)
     reparameterize_model(model)
     config = info.config
@@ -67,7 +70,7 @@ def load_source(checkpoint: str | None, torchvision_model: str | None, *, num_cl
 
 def _torchvision(name: str, state_path: str | None, num_classes: int) -> ModelSource:
     if name not in TORCHVISION_MODELS:
-        raise ValueError(f"unknown torchvision model {name!r}; valid: {', '.join(TORCHVISION_MODELS)}")
+        raise PruningError(f"unknown torchvision model {name!r}; valid: {', '.join(TORCHVISION_MODELS)}")
     model = create_bench_model(name, num_classes=num_classes)
     if state_path is not None:
         try:

@@ -1,6 +1,6 @@
 """The FLOPs target of a pruning run, parsed once at the CLI edge.
 
-``0.3G`` / ``300M`` / ``2.5e8`` are absolute deploy MACs (SPEC 0: fvcore multiply-accumulates of
+``0.3G`` / ``300M`` / ``2.5e8`` are absolute deploy MACs (docs/design.md section 0: fvcore multiply-accumulates of
 the deploy form, batch 1); ``0.5x`` is a fraction of the model's current deploy MACs.
 """
 
@@ -11,12 +11,13 @@ import re
 from dataclasses import dataclass
 
 from dscnn.units import format_macs, parse_macs
+from pruning.algorithm import PruningError
 
 _FRACTION = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*[xX]\s*$")
 
 
 @dataclass(frozen=True)
-class FlopsTarget:
+class MacsTarget:
     """Either an absolute MAC count or a fraction of the unpruned model's MACs."""
 
     text: str  # as the user wrote it
@@ -27,27 +28,27 @@ class FlopsTarget:
         """The target in MACs for a model that costs ``current_macs`` now; must be below it."""
         target = self.macs if self.macs is not None else current_macs * float(self.fraction or 0.0)
         if target >= current_macs:
-            raise ValueError(
+            raise PruningError(
                 f"FLOPs target {self.text!r} = {format_macs(target)} MACs is at or above the model's current "
                 f"{format_macs(current_macs)}: nothing to prune"
             )
         return target
 
 
-def parse_target(text: str) -> FlopsTarget:
+def parse_target(text: str) -> MacsTarget:
     """``"0.3G"``, ``"300M"`` or ``"0.5x"``; a clear ValueError for anything else or a non-positive value."""
     match = _FRACTION.match(str(text))
     if match:
         fraction = float(match[1])
         if not math.isfinite(fraction) or fraction <= 0:
-            raise ValueError(f"FLOPs target {text!r}: the fraction must be positive")
+            raise PruningError(f"FLOPs target {text!r}: the fraction must be positive")
         if fraction >= 1:
-            raise ValueError(f"FLOPs target {text!r}: a fraction of the current FLOPs must be below 1x")
-        return FlopsTarget(str(text), fraction=fraction)
+            raise PruningError(f"FLOPs target {text!r}: a fraction of the current FLOPs must be below 1x")
+        return MacsTarget(str(text), fraction=fraction)
     stripped = str(text).strip()
     if stripped.startswith("-") or stripped in {"0", "0.0"}:
-        raise ValueError(f"FLOPs target {text!r} must be positive")
+        raise PruningError(f"FLOPs target {text!r} must be positive")
     try:
-        return FlopsTarget(str(text), macs=parse_macs(stripped))
+        return MacsTarget(str(text), macs=parse_macs(stripped))
     except ValueError as exc:
-        raise ValueError(f"FLOPs target {text!r}: {exc}; or a fraction such as 0.5x") from None
+        raise PruningError(f"FLOPs target {text!r}: {exc}; or a fraction such as 0.5x") from None

@@ -127,7 +127,7 @@ class SearchObjective:
     def _record_cost(self, trial: optuna.Trial, cost: TrialCost) -> bool:
         attrs: dict[str, Any] = {
             "latency_ms": cost.latency_ms, "latency_spread_ms": cost.latency_spread_ms, "macs": cost.macs,
-            "flops": cost.macs, "params_train": cost.params_train, "params_deploy": cost.params_deploy,
+            "params_train": cost.params_train, "params_deploy": cost.params_deploy,
             "device": cost.device,
         }
         for key, value in attrs.items():

@@ -41,7 +41,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +55,13 @@ from torch import nn
 
 import dscnn
 from dscnn.data import ImageDataset
+from dscnn.train import TrainConfig, train_and_evaluate
+from searchspace.config import RayConfig, SearchConfig
 from searchspace.device_lock import DeviceLock
 from searchspace.objective import SearchObjective
 from searchspace.quota import BoundedStudy, StudyFull
-from searchspace.run import SearchConfig, SearchResult, prepare_search, write_outputs
+from searchspace.run import SearchResult, prepare_search, write_outputs
 from searchspace.storage import heartbeat_interval, mark_worker, worker_id
-from dscnn.train import TrainConfig, train_and_evaluate
 
 METRIC = "accuracy"  # validation accuracy, reported after every epoch
 FINISHED_KEY = "repnas_finished"  # present (True) only in the result a trial reports after full training
@@ -72,37 +72,16 @@ CHECKPOINT_FILE = "model.pt"
 RayTrainModel = Callable[[nn.Module, ImageDataset, TrainConfig, Callable[[int, float], None]], float]
 
 
-@dataclass(frozen=True)
-class RayConfig:
-    """How the search runs on Ray Tune."""
-
-    address: str | None = None  # None = start Ray on this machine; "auto" or "HOST:PORT" = join a cluster
-    num_cpus: int | None = None  # CPUs of a Ray started here; None = all (ignored with an address)
-    cpus_per_trial: float = 1.0  # CPUs reserved by each training trial
-    gpus_per_trial: float = 0.0  # GPUs (fractions allowed) reserved by each trial; > 0 for --device cuda
-    concurrency: int = 2  # trials training at the same time
-    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
-    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
-    max_failures: int = 1  # retries of a trial whose worker died, before it is FAIL
-    storage_path: str | None = None  # Ray's results/checkpoints; None = <out>/ray (multi-node: shared or s3://)
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
-        if not self.cpus_per_trial > 0:
-            raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
-        if self.gpus_per_trial < 0:
-            raise ValueError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
-        if self.grace_period < 1 or self.reduction_factor < 2 or self.max_failures < 0:
-            raise ValueError("grace_period must be >= 1, reduction_factor >= 2, max_failures >= 0")
-
-
 def run_ray_search(
-    config: SearchConfig, ray_config: RayConfig, *, console: Console | None = None, show_progress: bool = True,
-    train_model: RayTrainModel | None = None,
+    config: SearchConfig, ray_config: RayConfig | None = None, *, console: Console | None = None,
+    show_progress: bool = True, train_model: RayTrainModel | None = None,
 ) -> SearchResult:
-    """Run (or resume) the study of ``config`` with Ray Tune trials; write the usual outputs."""
+    """Run (or resume) the study of ``config`` with Ray Tune trials; write the usual outputs.
+
+    ``ray_config`` defaults to ``config.ray`` (or `RayConfig()` when that is None).
+    """
     console = console or Console()
+    ray_config = ray_config or config.ray or RayConfig()
     if config.train.device.startswith("cuda") and ray_config.gpus_per_trial <= 0:
         raise ValueError("--device cuda with --backend ray needs --gpus-per-trial > 0 (Ray hides GPUs from trials without)")
     study, data, objective = prepare_search(config, console)
@@ -170,7 +149,7 @@ class StudySearcher(Searcher):
         self._latency_ms: dict[str, float] = {}
         self._steps: dict[str, int] = {}  # last epoch reported per Ray trial
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Ray returns FINISHED too
         while True:  # over-budget trials are finished here, without ever reaching Ray
             try:
                 trial = self.study.ask()

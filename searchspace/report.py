@@ -66,6 +66,11 @@ def pareto_front(rows: list[TrialRow]) -> list[TrialRow]:
     return front
 
 
+def _xy(rows: list[TrialRow]) -> tuple[list[float], list[float]]:
+    """(latency_ms, accuracy) of trained rows, for plotting."""
+    return [float(r.latency_ms or 0) for r in rows], [float(r.accuracy or 0) for r in rows]
+
+
 def best_row(rows: list[TrialRow]) -> TrialRow | None:
     done = trained(rows)
     return max(done, key=lambda r: (r.accuracy, -(r.latency_ms or 0))) if done else None
@@ -103,15 +108,15 @@ def plot_pareto(rows: list[TrialRow], png: Path, html_path: Path, budget_ms: flo
     done, front = trained(rows), pareto_front(rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     searched = [r for r in done if not r.is_baseline]
-    ax.scatter([r.latency_ms for r in searched], [r.accuracy for r in searched], c="tab:blue", s=18,
-               alpha=0.6, label="searched")
-    ax.plot([r.latency_ms for r in front], [r.accuracy for r in front], "-o", c="tab:orange", ms=4, label="Pareto front")
+    ax.scatter(*_xy(searched), c="tab:blue", s=18, alpha=0.6, label="searched")
+    ax.plot(*_xy(front), "-o", c="tab:orange", ms=4, label="Pareto front")
     for r in (r for r in done if r.is_baseline):
-        ax.scatter([r.latency_ms], [r.accuracy], marker="*", s=140, c="tab:red", zorder=3)
+        ax.scatter(*_xy([r]), marker="*", s=140, c="tab:red", zorder=3)
         ax.annotate(r.label, (r.latency_ms or 0, r.accuracy or 0), textcoords="offset points", xytext=(5, 4), fontsize=8)
     over = [r for r in rows if r.feasible is False and r.latency_ms is not None]
     if over:
-        ax.scatter([r.latency_ms for r in over], [0.0] * len(over), marker="x", c="grey", label="over budget (not trained)")
+        ax.scatter([float(r.latency_ms or 0) for r in over], [0.0] * len(over), marker="x", c="grey",
+                   label="over budget (not trained)")
     if budget_ms is not None:
         ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"budget {budget_ms:g} ms")
     ax.set_xlabel("deploy-form latency (ms)")

@@ -9,14 +9,12 @@ the Ray Tune backend (`searchspace.ray_backend`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
@@ -25,49 +23,19 @@ from rich.console import Console
 
 import dscnn
 from dscnn.cost import measure_deploy_cost
-from dscnn.latency import LatencySettings
+from dscnn.data import ImageDataset, load_dataset
 from dscnn.measure_cache import MeasureCache
+from dscnn.train import TrainingDiverged, resolve_device, train_and_evaluate
 from searchspace import report
-from searchspace.baselines import BASELINES
-from dscnn.data import DataConfig, ImageDataset, load_dataset
+from searchspace.config import SearchConfig
 from searchspace.device_lock import DeviceLock
 from searchspace.objective import BASELINE_ATTR, ObjectiveSettings, SearchObjective, TrialCost
 from searchspace.progress import SearchProgress
-from searchspace.space import get_space
 from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
+from searchspace.space import get_space
 from searchspace.storage import fail_orphaned_trials, open_storage
-from dscnn.train import TrainConfig, TrainingDiverged, resolve_device, train_and_evaluate
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Everything a search needs; written to ``<out>/search_config.json`` beside the results."""
-
-    study_name: str = "repnas"  # Optuna study name inside the storage
-    storage: str = "studies.db"  # journal file path, or an RDB URL (sqlite:///..., postgresql://...)
-    out: str = ""  # output folder; "" = runs/<study_name>
-    space: str = "full"  # search space name (searchspace.space.SPACES)
-    budget_ms: float | None = None  # hard latency budget of the deploy form, ms; None = none
-    budget_macs: float | None = None  # hard deploy-MACs budget; None = none
-    trials: int = 20  # total trials in the study (baselines included)
-    timeout_s: float | None = None  # stop starting new trials after this many seconds
-    seed: int = 0  # sampler seed
-    pareto: bool = False  # multi-objective (accuracy up, latency down) instead of constrained accuracy
-    baselines: tuple[str, ...] = tuple(BASELINES)  # hand-designed models enqueued first
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    latency: LatencySettings = field(default_factory=LatencySettings)
-    cache_path: str | None = None  # latency cache file; None = the default cache location
-    device_lock: str | None = None  # measurement/training lock file; None = $REPNAS_DEVICE_LOCK or <tmp>/repnas-device.lock
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out or f"runs/{self.study_name}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -85,9 +53,14 @@ def run_search(config: SearchConfig, *, console: Console | None = None, show_pro
 
     Any number of processes may run this on one study (same ``storage`` and ``study_name``): they
     share its ``trials`` total exactly (`searchspace.quota`), and each writes the outputs when it
-    stops; the last one to stop sees the whole study.
+    stops; the last one to stop sees the whole study. With ``config.ray`` set the trials train on
+    Ray Tune (`searchspace.ray_backend.run_ray_search`).
     """
     console = console or Console()
+    if config.ray is not None:
+        from searchspace.ray_backend import run_ray_search  # imports Ray: only when asked for
+
+        return run_ray_search(config, console=console, show_progress=show_progress)
     study, _, objective = prepare_search(config, console)
     if study.remaining() == 0:
         console.log(f"study {config.study_name!r} already has {config.trials} trials; raise --trials to add more")
@@ -137,7 +110,7 @@ def open_study(config: SearchConfig) -> BoundedStudy:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     study = optuna.create_study(
         study_name=config.study_name, storage=open_storage(config.storage), sampler=sampler,
-        pruner=pruner, directions=directions, load_if_exists=True,
+        pruner=pruner, directions=directions, load_if_exists=True,  # type: ignore[arg-type]  # str literals
     )
     if [d.name.lower() for d in study.directions] != directions:
         raise ValueError(

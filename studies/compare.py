@@ -12,12 +12,10 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import optuna
 
-import search
-from searchspace import report
+from searchspace import SearchConfig, read_study_table, report
 from searchspace.storage import open_storage
 
 
@@ -26,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", required=True, help="the study definition (TOML) that search.py ran")
     args = parser.parse_args(argv)
-    config = search.config_from_args(["--study", args.study, "--device", "cpu"])
+    try:
+        config = SearchConfig.from_mapping(read_study_table(args.study), {"device": "cpu"})
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         study = optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
     except KeyError:

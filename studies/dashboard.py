@@ -4,13 +4,13 @@
 
 Starts ``optuna-dashboard`` on a free loopback port, asks its JSON API for the study (the server
 loaded it), then drives Debian's headless chromium: the study page must show the study's name, and
-one trial's page must display its ``latency_ms`` and ``flops`` user attributes with the values the
+one trial's page must display its ``latency_ms`` and ``macs`` user attributes with the values the
 API holds. The trial page, scrolled to those attributes, is saved as a PNG. Server and browser are
 always killed; every wait is bounded.
 
 Interpretation: page routes are those of optuna-dashboard 0.21's app (``/dashboard/studies/<id>``,
 ``/dashboard/studies/<id>/trials?numbers=<n>``, read from its bundle.js). The trial page lists user
-attributes in a box 150 px high, so a search trial's ``flops`` (its 7th attribute) is scrolled out
+attributes in a box 150 px high, so a search trial's ``macs`` is scrolled out
 of view; chromium's one-shot ``--dump-dom``/``--screenshot`` cannot scroll, hence the DevTools
 protocol over ``--remote-debugging-pipe`` (standard library only, no WebDriver).
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 from studies._chromium import HeadlessChromium, find_chromium, kill_group
 
-ATTRIBUTES = ("latency_ms", "flops")  # user attributes every search trial records, checked on the page
+ATTRIBUTES = ("latency_ms", "macs")  # user attributes every search trial records, checked on the page
 
 
 @dataclass(frozen=True)

@@ -10,40 +10,17 @@ from typing import Any
 from rich.console import Console
 
 import dscnn
-from studies.run import StudyPlan
+from searchspace import run_search
+from studies.plan import StudyError, StudyPlan
 
 Record = dict[str, Any]
 
 
-def _search_config(plan: StudyPlan) -> Any:
-    """The search's `SearchConfig`, from the [search] table with the study folder as default output."""
-    import search as search_cli
-
-    argv = ["--study", str(plan.path)]
-    if "out" not in plan.search:
-        argv += ["--out", str(plan.stage_dir("search"))]
-    if "storage" not in plan.search:
-        argv += ["--storage", plan.storage]
-    if "study_name" not in plan.search:
-        argv += ["--study-name", plan.path.stem]
-    try:
-        return search_cli.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed why
-        raise ValueError(f"{plan.path}: invalid [search] table (see the message above)") from exc
-
-
 def search(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
-    from searchspace.run import run_search
-
-    config, ray_config = _search_config(plan)
-    if ray_config is None:
-        result = run_search(config, console=console)
-    else:
-        from searchspace.ray_backend import run_ray_search
-
-        result = run_ray_search(config, ray_config, console=console)
+    config = plan.search_config()
+    result = run_search(config, console=console)
     if result.best is None:
-        raise ValueError("the search found no feasible architecture that finished training: raise the budget")
+        raise StudyError("the search found no feasible architecture that finished training: raise the budget")
     best = result.best
     return {
         "study_name": config.study_name, "storage": config.storage, "out": str(config.out_dir),
@@ -59,7 +36,7 @@ def retrain(plan: StudyPlan, records: dict[str, Record], console: Console) -> Re
     from dscnn.data import load_dataset
     from dscnn.train import train_and_evaluate
 
-    config, _ = _search_config(plan)
+    config = plan.search_config()
     arch = dscnn.config_from_dict(records["search"]["arch"])
     model = dscnn.build_model(arch)
     data = load_dataset(config.data)
@@ -85,12 +62,13 @@ def _algorithm(plan: StudyPlan) -> Any:
 def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
     from pruning.run import RunConfig, run_pruning
 
-    config, _ = _search_config(plan)
-    data = config.data
+    config = plan.search_config()
+    train = dataclasses.replace(
+        RunConfig(target=plan.target_flops).train, epochs=plan.prune_epochs, batch_size=config.train.batch_size,
+        device=config.train.device, seed=config.train.seed,
+    )
     run = RunConfig(
-        target=plan.target_flops, dataset=data.name, data_dir=data.data_dir, train_per_class=data.train_per_class,
-        val_per_class=data.val_per_class, epochs=plan.prune_epochs, finetune_epochs=plan.finetune_epochs,
-        batch_size=config.train.batch_size, device=config.train.device,
+        target=plan.target_flops, data=config.data, train=train, finetune_epochs=plan.finetune_epochs,
         out=str(plan.stage_dir("prune") / "pruned.pt"), latency_threads=config.latency.threads,
     )
     _, report = run_pruning(_algorithm(plan), run, checkpoint=records["retrain"]["checkpoint"], console=console)
@@ -99,18 +77,18 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
 
 
 def export(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
-    from dscnn._export_cli import ExportConfig, run_export
+    from dscnn.export import ExportConfig, run_export
 
     folder = plan.stage_dir("export")
     config = ExportConfig(
         checkpoint=records["prune"]["checkpoint"], onnx=str(folder / "model.onnx"),
         torchscript=str(folder / "model.ts") if plan.torchscript else None,
     )
-    doc = run_export(config)
-    if not doc["ok"]:
-        raise ValueError(f"export checks failed: {'; '.join(doc['problems'])}")
+    report = run_export(config)
+    if not report.ok:
+        raise StudyError(f"export checks failed: {'; '.join(report.problems)}")
     console.log(f"exported {config.onnx}: onnxruntime matches PyTorch, no BN or branch nodes")
-    return doc
+    return report.to_dict()
 
 
 def report(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:

@@ -47,5 +47,5 @@ def save_cached(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, **{name: arrays[name] for name in _ARRAYS})
+        np.savez(fh, **{name: arrays[name] for name in _ARRAYS})  # type: ignore[arg-type]  # numpy stub: allow_pickle
     os.replace(tmp, path)

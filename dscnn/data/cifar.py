@@ -7,6 +7,7 @@ Looked for in the given folder itself, then in a conventional sub-folder (``cifa
 from __future__ import annotations
 
 import pickle
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -117,12 +118,32 @@ def _read_pickles(name: str, root: Path) -> RawDataset:
     )
 
 
-def _unpickle(name: str, path: Path) -> dict[bytes, object]:
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR batch holds (builtin containers, bytes/str, numpy arrays): a pickle
+    in a data folder must never run code, so every other global is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("copyreg", "_reconstructor"),
+        ("builtins", "object"), ("builtins", "bytearray"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: CIFAR files hold only data")
+        return super().find_class(module, name)
+
+
+def _unpickle(name: str, path: Path) -> dict[bytes, Any]:
     try:
         with open(path, "rb") as fh:
-            return pickle.load(fh, encoding="bytes")  # the official files are Python 2 pickles
-    except (OSError, pickle.UnpicklingError, EOFError) as err:
+            data = _DataOnlyUnpickler(fh, encoding="bytes").load()  # the official files are Python 2 pickles
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
         raise layout_error(name, f"cannot read {path}: {err}", _expected(name)) from err
+    if not isinstance(data, dict):
+        raise layout_error(name, f"{path} is not a CIFAR batch (a {type(data).__name__}, not a dict)", _expected(name))
+    return data
 
 
 def _pickle_split(name: str, path: Path, labels_key: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ PROVENANCE = (
 
 def _split_arrays(split: RawSplit, per_class: int, seed: int, prefix: str, root: Path) -> dict[str, np.ndarray]:
     chosen = split.select(balanced_subset(split.labels, per_class, seed))
-    files = [Path(p) for p in chosen.encoded or ()]
+    files = [Path(p) for p in chosen.encoded or () if isinstance(p, str)]
     if not files:
         raise DataError(f"make_embedded needs an image tree (train/<class>/*.jpg), got arrays at {root}")
     names = [str(p.relative_to(root)) for p in files]
@@ -42,7 +42,7 @@ def build(source: Path, output: Path, train_per_class: int, val_per_class: int, 
         "provenance": np.asarray(PROVENANCE.format(seed=seed)),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(output, **arrays)
+    np.savez_compressed(output, **arrays)  # type: ignore[arg-type]  # numpy stub: allow_pickle
     return arrays
 
 

@@ -30,7 +30,7 @@ def test_cli_prints_table_and_writes_json(tmp_path: Path, capsys: pytest.Capture
     assert env["torch"] == torch.__version__ and env["threads"] == 1 and env["cpu_model"]
     for m in doc["models"]:
         assert m["macs"] > 0 and m["latency"]["median_ms"] > 0 and m["train_latency"]["median_ms"] > 0
-        assert m["flops_per_s"] == pytest.approx(m["macs"] * m["latency"]["throughput_ips"])
+        assert m["macs_per_s"] == pytest.approx(m["macs"] * m["latency"]["throughput_ips"])
     repvgg = doc["models"][0]
     assert repvgg["params_deploy"] < repvgg["params_train"]
 

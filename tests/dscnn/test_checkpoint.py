@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,20 @@ def test_pruned_deploy_roundtrip(tmp_path: Path, name: str, overrides: dict[str,
     depthwise = [m for m in loaded.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
     assert all(m.groups == m.in_channels == m.out_channels for m in depthwise)
     assert torch.equal(_outputs(loaded), _outputs(pruned))
+
+
+def test_pruned_checkpoint_config_describes_the_pruned_model(tmp_path: Path) -> None:
+    overrides = {"widths": (8, 16, 24, 32), "depths": (1, 1, 2, 1), "head_dim": 32}
+    pruned = _channel_pruned("dscnn_t0", **overrides)
+    unpruned = dscnn.create_model("dscnn_t0", resolution=32, num_classes=10, **overrides).config
+    _, info = load_checkpoint(save_checkpoint(tmp_path / "p.pt", pruned, pruned=True))
+    convs = {n: (m.out_channels, m.in_channels) for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
+    assert info.config.pruned_layers and all(convs[n] == (o, i) for n, o, i in info.config.pruned_layers
+                                             if n in convs)
+    assert info.config.arch_hash() != unpruned.arch_hash()
+    assert info.config.replace(pruned_layers=()).arch_hash() == unpruned.arch_hash()
+    rebuilt = dscnn.build_model(dscnn.config_from_dict(json.loads(info.config.to_json())))  # JSON round trip
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in pruned.state_dict().items()}
 
 
 def test_pruned_model_needs_the_pruned_flag(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def test_macs_of_a_conv_stack_equal_the_formula() -> None:
     assert cost.macs == expected
     n_params = sum(p.numel() for p in conv_stack(w).parameters())
     assert cost.params_train == cost.params_deploy == n_params
-    assert cost.latency is None and cost.flops_per_s is None and cost.speedup is None
+    assert cost.latency is None and cost.macs_per_s is None and cost.speedup is None
     with pytest.raises(ValueError, match="not measured"):
         cost.latency_ms
 
@@ -56,7 +56,7 @@ def test_repvgg_deploy_cost() -> None:
     assert cost.macs == count_macs(deploy, 32) > 0
     assert cost.latency is not None and cost.train_latency is not None
     assert cost.latency_ms > 0 and cost.speedup == pytest.approx(cost.train_latency.median_ms / cost.latency_ms)
-    assert cost.flops_per_s == pytest.approx(cost.macs * 1000 / cost.latency_ms)
+    assert cost.macs_per_s == pytest.approx(cost.macs * 1000 / cost.latency_ms)
     assert cost.arch_key == architecture_key(deploy)
     record = json.loads(json.dumps(cost.to_dict()))
     assert record["macs"] == cost.macs and record["latency"]["median_ms"] == cost.latency_ms
@@ -122,6 +122,6 @@ def test_cache_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_deploy_cost_record_is_plain_data() -> None:
     lat = LatencyResult(2.0, 1.9, 2.1, (1.9, 2.0, 2.1), 500.0, None, 300, False)
     cost = DeployCost("k", 10, 8, 1000, lat, LatencyResult.from_dict(lat.to_dict()))
-    assert cost.flops_per_s == 1000 * 500.0 and cost.speedup == 1.0
+    assert cost.macs_per_s == 1000 * 500.0 and cost.speedup == 1.0
     record = json.loads(json.dumps(cost.to_dict()))
     assert LatencyResult.from_dict(record["latency"]) == lat and record["speedup"] == 1.0

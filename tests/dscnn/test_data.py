@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,14 @@ def _image(label: int, index: int, size: int = 32, channels: int = 3) -> torch.T
     return torch.full((channels, size, size), 10 * label + index, dtype=torch.uint8)
 
 
-def _png_tree(split_dir: Path, classes: list[str], per_class: int, size: int = 32) -> None:
+def _png_tree(split_dir: Path, classes: Sequence[str], per_class: int, size: int = 32) -> None:
     for label, name in enumerate(classes):
         (split_dir / name).mkdir(parents=True)
         for i in range(per_class):
             write_png(_image(label, i, size), str(split_dir / name / f"{i:04d}.png"))
 
 
-def _cifar_tree(root: Path, classes: list[str] = list(CIFAR10_CLASSES)) -> Path:
+def _cifar_tree(root: Path, classes: Sequence[str] = CIFAR10_CLASSES) -> Path:
     _png_tree(root / "train", classes, 2)
     _png_tree(root / "test", classes, 1)
     return root
@@ -97,6 +98,27 @@ def test_cifar_torchvision_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     red_of_first = batches["data_batch_1"][b"data"][0, :1024].reshape(32, 32)  # rows are channel-planar
     assert np.array_equal(ds.train_images[0, 0].numpy(), red_of_first)
     assert ds.val_labels.tolist() == [3, 7]
+
+
+class _RunsCode:
+    """Unpickling this calls a function: the shape of every code-running pickle."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (self.target,))  # type: ignore[attr-defined]
+
+
+def test_cifar_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    batch = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (root / name).write_bytes(batch)
+    hostile = _RunsCode()
+    hostile.target = str(tmp_path / "pwned")  # type: ignore[attr-defined]
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"] * 10, b"x": hostile}))
+    with pytest.raises(DataError, match=r"refused to load pathlib.*Path.touch|refused to load"):
+        load_dataset(DataConfig("cifar10", data_dir=str(tmp_path)))
+    assert not (tmp_path / "pwned").exists()  # nothing ran
 
 
 def test_tiny_imagenet_layout(tmp_path: Path) -> None:

@@ -14,9 +14,10 @@ from torchvision.io import write_png
 
 import dscnn
 from dscnn import CheckpointError
-from dscnn._export_cli import ExportConfig, main, run_export
-from dscnn._onnx_graph import find_parallel_branches
 from dscnn.export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
+from dscnn.export.cli import main
+from dscnn.export.onnx_graph import find_parallel_branches
+from dscnn.export.run import ExportConfig, run_export
 from tests.contracts import randomize_bn
 
 # Small overrides per family so each export takes well under a second; a family missing here is
@@ -138,7 +139,7 @@ def test_cli_deploy_and_pruned_checkpoints(tmp_path: Path) -> None:
     randomize_bn(pruned)
     for name, model in (("deploy.pt", dscnn.deploy_copy(_tiny("repvgg"))), ("pruned.pt", pruned)):
         ckpt = _save(tmp_path, model, name)
-        doc = run_export(ExportConfig(str(ckpt), onnx=str(tmp_path / f"{name}.onnx"), num_real=0, latency=None))
+        doc = run_export(ExportConfig(str(ckpt), onnx=str(tmp_path / f"{name}.onnx"), num_real=0, latency=None)).to_dict()
         assert doc["ok"], doc["problems"]
 
 

@@ -167,7 +167,7 @@ def test_scale_branch_per_channel_and_scalar() -> None:
 def test_concat_branches_is_mixed_depthwise_conv() -> None:
     x = _x(6)
     sizes, parts = [3, 5, 7], []
-    for i, s in enumerate(sizes):
+    for s in sizes:
         parts.append((torch.randn(2, 1, s, s, dtype=D), torch.randn(2, dtype=D)))
     ref = torch.cat(
         [F.conv2d(x[:, 2 * i : 2 * i + 2], k, b, padding=k.shape[-1] // 2, groups=2) for i, (k, b) in enumerate(parts)],

@@ -8,7 +8,7 @@ from torch import nn
 
 from dscnn.fusion import fold_pointwise_after
 from dscnn.layers import ConvBN
-from pruning.compactor import CompactedConv, Compactor, MaskedConv, zero_masked_rows
+from pruning.resrep.compactor import CompactedConv, Compactor, MaskedConv, zero_masked_rows
 from tests.contracts import randomize_bn
 
 DOUBLE = torch.float64

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from pruning.flops import CostModel
 from pruning.groups import find_groups
-from pruning.masking import update_masks
+from pruning.macs import CostModel
+from pruning.resrep.masking import update_masks
 from tests.pruning.tiny import tiny_deploy
 
 X = torch.zeros(1, 3, 32, 32)

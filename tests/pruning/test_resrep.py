@@ -10,12 +10,15 @@ import torch
 import torch.nn.functional as F
 
 import dscnn
+from dscnn.data import DataConfig
+from dscnn.train import TrainConfig
 from pruning.resrep import ResRep, ResRepConfig, main
 from pruning.run import RunConfig, run_pruning
 from tests.pruning.tiny import tiny_deploy, tiny_overrides
 
 X = torch.zeros(1, 3, 32, 32)
-SHORT = {"train_per_class": 8, "val_per_class": 4, "epochs": 1, "batch_size": 16, "time_latency": False, "progress": False}
+SHORT = {"data": DataConfig(train_per_class=8, val_per_class=4), "time_latency": False, "progress": False,
+         "train": TrainConfig(epochs=1, batch_size=16, lr=0.01, weight_decay=1e-4)}
 
 
 def test_gradient_reset_and_group_lasso() -> None:

@@ -1,5 +1,5 @@
 """On every registry model's deploy graph (and torchvision's resnet18 / mobilenet_v2), pruning the
-masked compactor model gives the same outputs, within SPEC 0's float64 tolerance."""
+masked compactor model gives the same outputs, within docs/design.md section 0's float64 tolerance."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from torch import nn
 
 import dscnn
 from dscnn.external import create_bench_model, deploy_function
-from pruning.masking import MaskUpdate
 from pruning.resrep import ResRep
+from pruning.resrep.masking import MaskUpdate
 from tests.pruning.tiny import tiny_deploy
 
 DOUBLE = torch.float64

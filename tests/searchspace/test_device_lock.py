@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import searchspace.run as run
+from searchspace import SearchConfig
 from searchspace.device_lock import DeviceLock
-from searchspace.run import SearchConfig
 
 
 def _free(path: Path, mode: int) -> bool:

@@ -19,12 +19,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 import search
 from dscnn.data import ImageDataset
+from dscnn.train import TrainConfig
+from searchspace import RayConfig, SearchConfig
 from searchspace.objective import ObjectiveSettings, SearchObjective, TrialCost
 from searchspace.quota import BoundedStudy, ask_lock_path
-from searchspace.ray_backend import FINISHED_KEY, METRIC, RayConfig, StudySearcher, run_ray_search
-from searchspace.run import SearchConfig
+from searchspace.ray_backend import FINISHED_KEY, METRIC, StudySearcher, run_ray_search
 from searchspace.storage import open_storage, worker_id
-from dscnn.train import TrainConfig
 from tests.searchspace.tiny import load_study, tiny_search_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -63,7 +63,8 @@ def test_ray_runs_tiny_trials_end_to_end(local_ray: None, tmp_path: Path) -> Non
     assert baseline.user_attrs["checkpoint"] == str(Path(config.out_dir) / "trials" / "trial_0000.pt")
     assert result.trained_trials == sum("trained_by" in t.user_attrs for t in trials)
     out = Path(config.out_dir)
-    assert json.loads((out / "best.json").read_text())["accuracy"] == max(t.value for t in trials if t.state == TrialState.COMPLETE)
+    best = max(t.value for t in trials if t.state == TrialState.COMPLETE)
+    assert json.loads((out / "best.json").read_text())["accuracy"] == best
     for name in ("best.pt", "best_deploy.pt", "pareto.png"):
         assert (out / name).stat().st_size > 0, name
     summaries = optuna.get_all_study_summaries(guess_storage_from_url(config.storage))  # what optuna-dashboard opens

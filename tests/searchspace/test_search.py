@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from optuna_dashboard._storage_url import guess_storage_from_url
 
 import search
-from searchspace.run import SearchConfig, run_search
+from searchspace import SearchConfig, run_search
 from searchspace.storage import WORKER_ATTR, fail_orphaned_trials, open_storage
 from tests.searchspace.tiny import load_study, tiny_search_config
 

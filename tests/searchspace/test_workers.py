@@ -15,10 +15,10 @@ import pytest
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
-from searchspace.run import SearchConfig, run_search
-from searchspace.storage import HEARTBEAT_INTERVAL_S, WORKER_ATTR, fail_orphaned_trials, open_storage
 from dscnn.train import TrainConfig
+from searchspace import SearchConfig, run_search
+from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
+from searchspace.storage import HEARTBEAT_INTERVAL_S, WORKER_ATTR, fail_orphaned_trials, open_storage
 from tests.searchspace.tiny import load_study, tiny_search_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -139,7 +139,7 @@ def test_rdb_storage_fails_trials_whose_heartbeat_stopped(tmp_path: Path) -> Non
     assert open_storage(url).get_heartbeat_interval() == HEARTBEAT_INTERVAL_S  # URLs get Optuna's heartbeat
     storage = RDBStorage(url, heartbeat_interval=1, grace_period=1)  # short, for the test
     study = optuna.create_study(study_name="h", storage=storage)
-    silent, beating, no_heartbeat = study.ask(), study.ask(), study.ask()
+    silent, beating, _never_beating = study.ask(), study.ask(), study.ask()
     storage.record_heartbeat(silent._trial_id)  # a worker on another machine that then died
     time.sleep(2.2)
     storage.record_heartbeat(beating._trial_id)

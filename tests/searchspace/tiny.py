@@ -7,11 +7,11 @@ from pathlib import Path
 
 import optuna
 
-from dscnn.latency import LatencySettings
 from dscnn.data import DataConfig
-from searchspace.run import SearchConfig
-from searchspace.storage import open_storage
+from dscnn.latency import LatencySettings
 from dscnn.train import TrainConfig
+from searchspace import SearchConfig
+from searchspace.storage import open_storage
 
 
 def tiny_search_config(tmp_path: Path, *, study_name: str, trials: int, **overrides: object) -> SearchConfig:

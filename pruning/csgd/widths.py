@@ -1,9 +1,9 @@
-"""Per-group target widths for pruners that fix the widths up front (C-SGD, SPEC 6.4).
+"""Per-group target widths for pruners that fix the widths up front (C-SGD, docs/design.md 6.4).
 
 Either one uniform keep ratio for every prunable group, the largest whose deploy MACs meet the
 target (bisection: the MACs of the implied widths only grow with the ratio), or per-layer keep
 ratios read from a JSON file, checked against the target. A group of ``size`` channels at ratio
-``r`` keeps ``max(1, round(r * size))``. The MACs come from `pruning.flops.CostModel`: within a
+``r`` keeps ``max(1, round(r * size))``. The MACs come from `pruning.macs.CostModel`: within a
 group, which channels go does not change the cost, only how many.
 """
 
@@ -14,8 +14,9 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pruning.flops import CostModel
+from pruning.algorithm import PruningError
 from pruning.groups import OUT, ChannelGroup
+from pruning.macs import CostModel
 
 
 def widths_at(groups: Iterable[ChannelGroup], ratio: float) -> dict[str, int]:
@@ -38,7 +39,7 @@ def uniform_widths(
     """
     floor = widths_macs(cost, widths_at(groups, 0.0))
     if floor > target_macs:
-        raise ValueError(
+        raise PruningError(
             f"FLOPs target {target_macs / 1e6:.4g}M MACs is below {floor / 1e6:.4g}M, what remains with every "
             "prunable layer at one channel"
         )
@@ -56,17 +57,17 @@ def read_ratios(path: str | Path) -> dict[str, float]:
     """Per-layer keep ratios from a JSON object ``{"layer name": ratio}``, each ratio in (0, 1]."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"layer ratio file {str(file)!r} does not exist")
+        raise PruningError(f"layer ratio file {str(file)!r} does not exist")
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"layer ratio file {str(file)!r} is not valid JSON: {exc}") from None
+        raise PruningError(f"layer ratio file {str(file)!r} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"layer ratio file {str(file)!r} must hold a non-empty JSON object {{layer name: keep ratio}}")
+        raise PruningError(f"layer ratio file {str(file)!r} must hold a non-empty JSON object {{layer name: keep ratio}}")
     for name, ratio in data.items():
         number = isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
         if not (number and math.isfinite(ratio) and 0 < ratio <= 1):
-            raise ValueError(f"layer ratio file {str(file)!r}: keep ratio of {name!r} must be in (0, 1], got {ratio!r}")
+            raise PruningError(f"layer ratio file {str(file)!r}: keep ratio of {name!r} must be in (0, 1], got {ratio!r}")
     return {str(k): float(v) for k, v in data.items()}
 
 
@@ -79,7 +80,7 @@ def ratio_widths(groups: tuple[ChannelGroup, ...], ratios: Mapping[str, float]) 
     owner = {m.module: g for g in groups for m in g.members if m.side == OUT}
     unknown = sorted(set(ratios) - set(owner))
     if unknown:
-        raise ValueError(
+        raise PruningError(
             f"layer ratios name {', '.join(map(repr, unknown[:5]))}, which produce no prunable channel group; "
             f"prunable group roots: {', '.join(g.root for g in groups[:8])}{' ...' if len(groups) > 8 else ''}"
         )
@@ -87,5 +88,5 @@ def ratio_widths(groups: tuple[ChannelGroup, ...], ratios: Mapping[str, float]) 
     for name, ratio in ratios.items():
         root = owner[name].root
         if chosen.setdefault(root, ratio) != ratio:
-            raise ValueError(f"layer ratios give group {root!r} two keep ratios: {chosen[root]} and {ratio} ({name!r})")
+            raise PruningError(f"layer ratios give group {root!r} two keep ratios: {chosen[root]} and {ratio} ({name!r})")
     return {g.root: max(1, min(g.size, round(chosen.get(g.root, 1.0) * g.size))) for g in groups}

@@ -1,4 +1,5 @@
-"""The command line of ``python -m dscnn.export``: flags -> `ExportConfig` -> `run_export` -> report.
+"""``python -m dscnn.export ckpt.pt --onnx model.onnx [--torchscript model.ts]``: flags -> `ExportConfig`
+-> `run_export` -> report.
 
 Real inputs: ``--real-data DIR`` reads the first ``--num-real`` image files under DIR (sorted,
 recursive), normalised by their own channel statistics; without it, validation images of the
@@ -10,93 +11,17 @@ bad flags.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from dscnn.checkpoint import CheckpointError, load_checkpoint
-from dscnn import export as _lib
-from dscnn.export import (DEFAULT_OPSET, REL_TOLERANCE, export_onnx, export_torchscript, verify_onnx,
-                          verify_torchscript)
-from dscnn.latency import LatencySettings, measure_latency_ms
-from dscnn.reparam import is_deploy_form, reparameterize_model
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    checkpoint: str  # a dscnn.save_checkpoint file (train or deploy form)
-    onnx: str | None = None  # ONNX output path
-    torchscript: str | None = None  # TorchScript output path
-    resolution: int = 0  # input size; 0 = the checkpoint config's resolution
-    opset: int = DEFAULT_OPSET  # ONNX opset
-    real_data: str | None = None  # folder of images; None = the embedded CIFAR-10 subset
-    num_real: int = 8  # real images checked (0 = none)
-    num_random: int = 4  # random N(0, 1) images checked
-    latency: LatencySettings | None = LatencySettings()  # CPU timing protocol; None = no timing
-
-
-def run_export(config: ExportConfig) -> dict[str, Any]:
-    """Load, fuse, export and check; the JSON-ready report (``ok`` says whether every check passed)."""
-    model, info = load_checkpoint(config.checkpoint)
-    if info.form == "train":
-        reparameterize_model(model)  # fused here once: the files and the checks all see this form
-    if not is_deploy_form(model):
-        raise CheckpointError(f"{config.checkpoint!r}: the model still has unfused blocks after fusion")
-    resolution = config.resolution or info.config.resolution
-    inputs = {"random": torch.randn(config.num_random, 3, resolution, resolution,
-                                    generator=torch.Generator().manual_seed(0))}
-    if config.num_real:
-        inputs["real"] = real_inputs(resolution, config.real_data, config.num_real)
-    latency = config.latency.replace(resolution=resolution) if config.latency else None
-    doc: dict[str, Any] = {"checkpoint": config.checkpoint, "family": info.config.family, "form": info.form,
-                           "arch_hash": info.config.arch_hash(), "resolution": resolution,
-                           "config": {**dataclasses.asdict(config), "latency": latency.to_dict() if latency else None}}
-    problems: list[str] = []
-    if config.onnx:
-        export_onnx(model, config.onnx, resolution=resolution, opset=config.opset, fuse=False)
-        report = verify_onnx(model, config.onnx, inputs, latency=latency)
-        doc["onnx"] = {"path": config.onnx, **report.to_dict()}
-        problems += [f"onnx: {p}" for p in report.problems]
-    elif latency:
-        doc["torch_latency"] = measure_latency_ms(model, latency).to_dict()
-    if config.torchscript:
-        export_torchscript(model, config.torchscript, resolution=resolution, fuse=False)
-        checks = verify_torchscript(model, config.torchscript, inputs)
-        doc["torchscript"] = {"path": config.torchscript, "checks": [dataclasses.asdict(c) for c in checks]}
-        problems += [f"torchscript: {c.inputs} inputs: relative error {c.max_rel_error:.3g}"
-                     for c in checks if not c.passed()]
-    return {**doc, "problems": problems, "ok": not problems}
-
-
-def real_inputs(resolution: int, folder: str | None, count: int) -> Tensor:
-    """``count`` real images at ``resolution``, normalised; see the module docstring for the source."""
-    from dscnn.data import DataConfig, load_dataset  # lazy: only the CLI needs the data package
-    from dscnn.data._common import IMAGE_SUFFIXES
-    from dscnn.data.augment import prepare_batch
-    from dscnn.data.decode import decode_all
-
-    if folder is None:
-        data = load_dataset(DataConfig())
-        images, (mean, std) = data.val_images[:count], data.channel_stats
-    else:
-        root = Path(folder)
-        if not root.is_dir():
-            raise ValueError(f"--real-data {folder!r} is not a folder")
-        paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
-        if not paths:
-            raise ValueError(f"--real-data {folder!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-        images = decode_all(paths, resolution)
-        x = images.double() / 255
-        mean, std = x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp_min(1e-3).tolist()
-    scale = 255 * torch.ones(1, 3, 1, 1)
-    return prepare_batch(images, torch.tensor(mean).view(1, 3, 1, 1) * scale,
-                         torch.tensor(std).view(1, 3, 1, 1) * scale, resolution)
+from dscnn.checkpoint import CheckpointError
+from dscnn.data import DataError
+from dscnn.export import files as _lib
+from dscnn.export.files import REL_TOLERANCE
+from dscnn.export.run import ExportConfig, run_export
+from dscnn.latency import LatencySettings
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -167,8 +92,8 @@ def parse_args(argv: list[str] | None) -> tuple[ExportConfig, str | None]:
 def main(argv: list[str] | None = None) -> int:
     config, json_path = parse_args(argv)
     try:
-        doc = run_export(config)
-    except ValueError as e:  # CheckpointError and the data package's DataError are ValueErrors
+        doc = run_export(config).to_dict()
+    except (CheckpointError, DataError) as e:
         raise SystemExit(f"python -m dscnn.export: error: {e}") from None
     print(render(doc))
     if json_path:

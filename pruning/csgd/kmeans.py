@@ -1,4 +1,4 @@
-"""Seeded k-means of flattened filters, for C-SGD's clusters (SPEC 6.1). Plain torch, no sklearn.
+"""Seeded k-means of flattened filters, for C-SGD's clusters (docs/design.md 6.1). Plain torch, no sklearn.
 
 k-means++ seeding from a `torch.Generator`, then Lloyd iterations until the assignment stops
 changing. Every one of the ``k`` clusters is non-empty (C-SGD keeps one filter per cluster, so an

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import dscnn
-from pruning.flops import CostModel
 from pruning.groups import find_groups
+from pruning.macs import CostModel
 from pruning.surgery import remove_channels
 from tests.pruning.tiny import tiny_deploy
 

@@ -1,13 +1,13 @@
 """C-SGD's clusters on the layers of a group: the centripetal gradient, the merge, the spread.
 
-A group's clustering is one label per group channel (`pruning.kmeans`). A layer tied to the group
+A group's clustering is one label per group channel (`pruning.csgd.kmeans`). A layer tied to the group
 sees it through its own channel numbering (`pruning.groups.Member.channels`: per group channel,
 this layer's indices, usually one; a flattened feature map gives a linear layer one per position).
 `member_ids` turns the labels into one cluster id per layer channel: channels of one group cluster
 at the same position share an id, and layer channels outside the group get ids of their own, so
 every formula below leaves them alone.
 
-The merge (SPEC 6.3) keeps the first channel of each cluster: every producer's rows of the cluster
+The merge (docs/design.md 6.3) keeps the first channel of each cluster: every producer's rows of the cluster
 become their mean, and each consumer's input slices of the cluster are summed into the kept one
 (the others zeroed). The result computes exactly what the pruned model will, and exactly what the
 trained model did when the cluster members were identical (kernel and bias).
@@ -53,7 +53,7 @@ def cluster_mean(values: Tensor, ids: Tensor) -> Tensor:
 
 
 def centripetal_gradient(weight: Tensor, grad: Tensor, ids: Tensor, strength: float, weight_decay: float) -> Tensor:
-    """SPEC 6.2: row i of cluster C gets ``mean_{j in C} g_j + wd * W_i + strength * (W_i - mean_{j in C} W_j)``."""
+    """docs/design.md 6.2: row i of cluster C gets ``mean_{j in C} g_j + wd * W_i + strength * (W_i - mean_{j in C} W_j)``."""
     return cluster_mean(grad, ids) + weight_decay * weight + strength * (weight - cluster_mean(weight, ids))
 
 

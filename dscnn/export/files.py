@@ -1,9 +1,9 @@
-"""``python -m dscnn.export ckpt.pt --onnx model.onnx [--torchscript model.ts]``: deployable files.
+"""Deployable files of a deploy-form model (ONNX, TorchScript) and the checks they pass.
 
 Any checkpoint of `dscnn.save_checkpoint` (train form: fused on the way; deploy form; pruned
 configs) is exported and the export checks itself: onnxruntime's output must equal PyTorch's on
-random and real images within SPEC section 0's relative tolerance (1e-5 in float32), the graph
-must hold no BatchNormalization node and no parallel branch (see `dscnn._onnx_graph`), and the
+random and real images within docs/design.md section 0's relative tolerance (1e-5 in float32), the graph
+must hold no BatchNormalization node and no parallel branch (see `dscnn.export.onnx_graph`), and the
 ONNX model's CPU latency under onnxruntime is reported beside PyTorch's, both timed with the
 protocol of `dscnn.latency` (batch 1, fixed threads, warm-up, median of repeats).
 
@@ -33,12 +33,12 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from dscnn._onnx_graph import find_parallel_branches, node_histogram
 from dscnn.complexity import deploy_copy
+from dscnn.export.onnx_graph import find_parallel_branches, node_histogram
 from dscnn.latency import LatencyResult, LatencySettings, _summarise, measure_latency_ms
 
 DEFAULT_OPSET = 17  # widely supported by runtimes; the legacy exporter goes up to 20
-REL_TOLERANCE = 1e-5  # SPEC section 0, float32: max|y - y_ref| <= 1e-5 * max|y_ref|
+REL_TOLERANCE = 1e-5  # docs/design.md section 0, float32: max|y - y_ref| <= 1e-5 * max|y_ref|
 FP32_SLACK = 4.0  # export vs float64 may be this many times PyTorch float32's own error (OutputCheck);
 # onnxruntime's MLAS convs were seen at 3.5x on a briefly trained pruned DSCNN (logits ~0.1, activations ~4)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -57,7 +57,7 @@ class OutputCheck:
     inputs: str  # which inputs: "random", "real", ...
     batch: int  # images in the batch
     max_abs_error: float  # max |y_exported - y_torch|
-    max_rel_error: float  # max_abs_error / max |y_torch| (SPEC section 0)
+    max_rel_error: float  # max_abs_error / max |y_torch| (docs/design.md section 0)
     torch_fp32_rel_error: float = 0.0  # PyTorch float32 vs PyTorch float64, relative
     fp64_rel_error: float = float("nan")  # exported vs PyTorch float64, relative
 
@@ -250,9 +250,3 @@ def _quiet_deprecations() -> Iterator[None]:
                         r".*torch\.jit\.\w+` is deprecated", r"It is recommended that constant folding"):
             warnings.filterwarnings("ignore", message=pattern)
         yield
-
-
-if __name__ == "__main__":
-    from dscnn._export_cli import main
-
-    raise SystemExit(main())

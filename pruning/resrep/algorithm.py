@@ -1,5 +1,5 @@
 """ResRep channel pruning (Ding et al., "ResRep: Lossless CNN Pruning via Decoupling Remembering
-and Forgetting", ICCV 2021) on the deploy graph, as SPEC section 5 specifies.
+and Forgetting", ICCV 2021) on the deploy graph, as docs/design.md section 5 specifies.
 
 ``python -m pruning.resrep ckpt.pt --target-flops 0.3G`` (see `pruning._cli` for every flag).
 
@@ -8,7 +8,7 @@ and Forgetting", ICCV 2021) on the deploy graph, as SPEC section 5 specifies.
    1x1 conv); all producers of a group share one mask.
 2. After every backward pass: ``Q.grad = mask * Q.grad + lasso * Q / (||Q_row|| + 1e-12)``.
 3. After ``warmup_epochs``, every ``mask_interval`` iterations, the masks are recomputed from scratch
-   (`pruning.masking`): global ranking by compactor row norm, until the deploy FLOPs of the implied
+   (`pruning.resrep.masking`): global ranking by compactor row norm, until the deploy FLOPs of the implied
    widths reach the target, at most ``granularity`` new channels per update, one channel kept per layer.
 4. ``prune``: compactors fold into their convs (``W'' = Q W'``, ``b'' = Q b'``), exactly the unmasked
    rows are kept, and Torch-Pruning removes the matching channels everywhere; the result is checked
@@ -18,7 +18,7 @@ interpretation:
 - Coupled channels (one mask, several compactors) are ranked by the root-mean-square of their
   compactors' row norms, so every channel starts at 1 whatever the size of its group.
 - A depthwise conv cannot absorb a channel-mixing compactor: its masked output channels are
-  zeroed in the forward pass instead (`pruning.compactor.MaskedConv`).
+  zeroed in the forward pass instead (`pruning.resrep.compactor.MaskedConv`).
 - If training ends before the masks reach the target, one final update without the granularity
   limit reaches it (recorded as ``forced_final_mask`` in the report, with a warning): the FLOPs
   target always holds, at the price of removing rows the lasso had no time to shrink.
@@ -31,7 +31,6 @@ interpretation:
 
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -40,12 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pruning.compactor import CompactedConv, MaskedConv, zero_masked_rows
-from pruning.flops import CostModel
-from pruning.groups import ChannelGroup, Member, find_groups
-from pruning.masking import MaskUpdate, update_masks
-from pruning.surgery import assert_same_outputs, remove_channels
 from dscnn.train import TrainConfig
+from pruning.algorithm import PruningError
+from pruning.groups import ChannelGroup, Member, find_groups
+from pruning.macs import CostModel
+from pruning.resrep.compactor import CompactedConv, MaskedConv, zero_masked_rows
+from pruning.resrep.masking import MaskUpdate, update_masks
+from pruning.surgery import assert_same_outputs, remove_channels
 
 #: Largest masked-row norm that counts as "forgotten"; larger ones are reported with a warning.
 SMALL_ROW_NORM = 1e-2
@@ -53,7 +53,7 @@ SMALL_ROW_NORM = 1e-2
 
 @dataclass(frozen=True)
 class ResRepConfig:
-    """ResRep's own knobs (SPEC 5 defaults); training length and LR live in `pruning.run.RunConfig`."""
+    """ResRep's own knobs (docs/design.md section 5 defaults); training length and LR live in `pruning.run.RunConfig`."""
 
     lasso: float = 1e-4  # group-lasso strength λ on compactor rows
     mask_interval: int = 200  # iterations between mask updates
@@ -63,14 +63,14 @@ class ResRepConfig:
 
     def __post_init__(self) -> None:
         if not (self.lasso >= 0 and math.isfinite(self.lasso)):
-            raise ValueError(f"ResRepConfig.lasso must be >= 0, got {self.lasso}")
+            raise PruningError(f"ResRepConfig.lasso must be >= 0, got {self.lasso}")
         for name in ("mask_interval", "granularity"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"ResRepConfig.{name} must be an integer >= 1, got {getattr(self, name)}")
+                raise PruningError(f"ResRepConfig.{name} must be an integer >= 1, got {getattr(self, name)}")
         if self.warmup_epochs < 0:
-            raise ValueError(f"ResRepConfig.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+            raise PruningError(f"ResRepConfig.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if not 0 <= self.compactor_momentum < 1:
-            raise ValueError(f"ResRepConfig.compactor_momentum must be in [0, 1), got {self.compactor_momentum}")
+            raise PruningError(f"ResRepConfig.compactor_momentum must be in [0, 1), got {self.compactor_momentum}")
 
 
 @dataclass
@@ -97,18 +97,29 @@ class ResRep:
         self.step = 0
         self.forced_final_mask = False
         self.max_removed_row_norm = 0.0
+        # set by prepare()
+        self.cost: CostModel | None = None
+        self.target_macs = 0.0
+        self.warmup_steps = 0
+        self.example: Tensor | None = None
+        self.conversion_error: float | None = None  # pruned vs masked model, set by prune()
+
+    def _prepared(self) -> tuple[CostModel, Tensor]:
+        if self.cost is None or self.example is None:
+            raise RuntimeError("ResRep: prepare() must run before training and pruning")
+        return self.cost, self.example
 
     # -- setup -------------------------------------------------------------------------------
     def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int) -> nn.Module:
         """Find the groups of the deploy ``model``, check the target is reachable, attach compactors."""
         scan = find_groups(model, example)
         if not scan.groups:
-            raise ValueError(f"no prunable channel group in this model (skipped: {_reasons(scan.skipped)})")
+            raise PruningError(f"no prunable channel group in this model (skipped: {_reasons(scan.skipped)})")
         self.groups, self.skipped = scan.groups, scan.skipped
         self.cost = CostModel(model, self.groups, example)
         floor = self.cost.min_macs()
         if target_macs < floor:
-            raise ValueError(
+            raise PruningError(
                 f"FLOPs target {target_macs / 1e6:.4g}M MACs is below {floor / 1e6:.4g}M, what remains with every "
                 f"prunable layer at one channel ({len(self.skipped)} groups are not prunable: {_reasons(self.skipped)})"
             )
@@ -176,7 +187,7 @@ class ResRep:
         return scores
 
     def next_masks(self, granularity: int | None) -> MaskUpdate:
-        return update_masks(self.importance(), self.masked, self.cost, self.target_macs, granularity)
+        return update_masks(self.importance(), self.masked, self._prepared()[0], self.target_macs, granularity)
 
     def apply_masks(self, update: MaskUpdate) -> None:
         """Adopt ``update``: write each producer's mask in its own channel numbering."""
@@ -204,7 +215,7 @@ class ResRep:
                 "accuracy may drop: train longer or raise --lasso", stacklevel=2,
             )
         param = next(model.parameters())
-        probe = torch.randn(self.example.shape, generator=torch.Generator().manual_seed(0))
+        probe = torch.randn(self._prepared()[1].shape, generator=torch.Generator().manual_seed(0))
         probe = probe.to(device=param.device, dtype=param.dtype)
         with torch.no_grad():
             reference = zero_masked_rows(model.eval())(probe)  # the masked model
@@ -237,7 +248,7 @@ class ResRep:
         self.apply_masks(update)
 
     def _masked_macs(self) -> int:
-        return self.cost.macs({r: m.nonzero().flatten().tolist() for r, m in self.masked.items()})
+        return self._prepared()[0].macs({r: m.nonzero().flatten().tolist() for r, m in self.masked.items()})
 
     def _max_removed_row_norm(self) -> float:
         largest = 0.0
@@ -257,7 +268,7 @@ class ResRep:
             "masked_channels": int(sum(int(m.sum()) for m in self.masked.values())),
             "forced_final_mask": self.forced_final_mask,
             "max_removed_row_norm": self.max_removed_row_norm,
-            "conversion_relative_error": getattr(self, "conversion_error", None),
+            "conversion_relative_error": self.conversion_error,
         }
 
 
@@ -266,22 +277,3 @@ def _reasons(skipped: dict[str, str]) -> str:
         return "none"
     reasons = sorted(set(skipped.values()))
     return "; ".join(reasons[:4]) + (" ..." if len(reasons) > 4 else "")
-
-
-def _add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lasso", type=float, help="group-lasso strength on compactor rows (default 1e-4)")
-    parser.add_argument("--mask-interval", dest="mask_interval", type=int, help="iterations between mask updates (200)")
-    parser.add_argument("--granularity", type=int, help="most newly masked channels per update (4)")
-    parser.add_argument("--warmup-epochs", dest="warmup_epochs", type=float,
-                        help="epochs before the first mask update (1)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pruning.resrep ckpt.pt --target-flops 0.3G``; flags in `pruning._cli`."""
-    from pruning._cli import run_cli
-
-    return run_cli("resrep", argv, _add_flags, lambda knobs: ResRep(ResRepConfig(**knobs)))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

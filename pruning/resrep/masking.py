@@ -1,4 +1,4 @@
-"""ResRep's periodic mask update (SPEC 5.4): global ranking by importance under a FLOPs target.
+"""ResRep's periodic mask update (docs/design.md 5.4): global ranking by importance under a FLOPs target.
 
 Masks are recomputed from scratch each time: every channel of every group is ranked by its
 importance (ResRep: compactor row norm), smallest first, and masked in that order until the
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pruning.flops import CostModel
+from pruning.macs import CostModel
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
 """Centripetal SGD channel pruning (Ding et al., "Centripetal SGD for Pruning Very Deep Convolutional
-Networks with Complicated Structure", CVPR 2019) on the deploy graph, as SPEC section 6 specifies.
+Networks with Complicated Structure", CVPR 2019) on the deploy graph, as docs/design.md section 6 specifies.
 
 ``python -m pruning.csgd ckpt.pt --target-flops 0.3G`` (see `pruning._cli` for every flag).
 
 1. The model is fused to its deploy form; its coupling groups come from Torch-Pruning
    (`pruning.groups`). Each group gets a target width: one uniform keep ratio bisected on deploy
-   FLOPs, or per-layer ratios from a JSON file (`pruning.widths`).
+   FLOPs, or per-layer ratios from a JSON file (`pruning.csgd.widths`).
 2. Each group's channels are clustered into that many clusters by seeded k-means on the leader's
-   flattened kernels (`pruning.kmeans`); every producer of the group (residual branches, depthwise
+   flattened kernels (`pruning.csgd.kmeans`); every producer of the group (residual branches, depthwise
    followers) shares the leader's clusters.
 3. After every backward pass, for row i of cluster C of every producer parameter:
-   ``grad_i = mean_{j in C} g_j + wd * W_i + eps * (W_i - mean_{j in C} W_j)`` (`pruning.clusters`),
+   ``grad_i = mean_{j in C} g_j + wd * W_i + eps * (W_i - mean_{j in C} W_j)`` (`pruning.csgd.clusters`),
    with ``0.1 * eps`` on vectors; the optimizer's own weight decay is off for these parameters.
 4. ``prune``: one channel per cluster carries the cluster mean, the consumers' input slices of the
    cluster are summed into it, and Torch-Pruning removes the rest. The surgery is checked
@@ -25,7 +25,7 @@ interpretation:
   runs on its folded kernels at the start, kernel only, as in the paper.
 - ``wd * W_i`` is the run's own decay moved into the rule: ``weight_decay`` on kernels, none on
   vectors, as for every other parameter of the run (`pruning.run.RunConfig.weight_decay`).
-- The kept channel of a cluster is its first member, carrying the cluster mean (SPEC 6.3).
+- The kept channel of a cluster is its first member, carrying the cluster mean (docs/design.md 6.3).
 - "Assert clusters converged" is not possible with a short schedule: the largest within-cluster
   distance (kernel row + bias of the folded producers) and the relative output change caused by
   the merge are reported, with a warning above `CONVERGED`.
@@ -33,7 +33,6 @@ interpretation:
 
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -42,16 +41,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pruning.clusters import centripetal_gradient, group_spread, member_ids, merge_clusters
-from pruning.flops import CostModel
+from dscnn.train import TrainConfig
+from pruning.algorithm import PruningError
+from pruning.csgd.clusters import centripetal_gradient, group_spread, member_ids, merge_clusters
+from pruning.csgd.kmeans import kmeans
+from pruning.csgd.widths import ratio_widths, read_ratios, uniform_widths, widths_macs
 from pruning.groups import ChannelGroup, Member, find_groups
-from pruning.kmeans import kmeans
+from pruning.macs import CostModel
 from pruning.retrain import RetrainBN
 from pruning.surgery import assert_same_outputs, relative_error, remove_channels
-from pruning.widths import ratio_widths, read_ratios, uniform_widths, widths_macs
-from dscnn.train import TrainConfig
 
-#: Strength on bias / BN vectors relative to kernels (SPEC 6.2).
+#: Strength on bias / BN vectors relative to kernels (docs/design.md 6.2).
 VECTOR_FACTOR = 0.1
 #: Largest relative within-cluster distance that counts as converged; above it, a warning.
 CONVERGED = 1e-3
@@ -59,7 +59,7 @@ CONVERGED = 1e-3
 
 @dataclass(frozen=True)
 class CSGDConfig:
-    """C-SGD's own knobs (SPEC 6 defaults); training length and LR live in `pruning.run.RunConfig`."""
+    """C-SGD's own knobs (docs/design.md section 6 defaults); training length and LR live in `pruning.run.RunConfig`."""
 
     centripetal_strength: float = 3e-3  # eps: pull of each filter towards its cluster mean (CIFAR default)
     layer_ratios: str | None = None  # JSON {conv name: keep ratio}; None = one uniform ratio meeting the target
@@ -67,14 +67,14 @@ class CSGDConfig:
 
     def __post_init__(self) -> None:
         if not (self.centripetal_strength >= 0 and math.isfinite(self.centripetal_strength)):
-            raise ValueError(f"CSGDConfig.centripetal_strength must be >= 0, got {self.centripetal_strength}")
+            raise PruningError(f"CSGDConfig.centripetal_strength must be >= 0, got {self.centripetal_strength}")
 
 
 @dataclass(frozen=True)
 class _Rule:
     """One producer parameter under the centripetal rule."""
 
-    param: nn.Parameter
+    param: Tensor  # a Parameter (or a BN vector) of a producer
     ids: Tensor  # cluster id per row
     strength: float
     weight_decay: float
@@ -95,13 +95,15 @@ class CSGD:
         self.keep_ratio: float | None = None
         self.rules: list[_Rule] = []
         self.facts: dict[str, Any] = {}
+        self.planned_macs: float | None = None  # deploy MACs of the chosen widths, set by prepare()
+        self.example: Tensor | None = None
 
     # -- setup -------------------------------------------------------------------------------
     def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int) -> nn.Module:
         """Find the groups of the deploy ``model``, choose their widths, cluster their filters."""
         scan = find_groups(model, example)
         if not scan.groups:
-            raise ValueError(f"no prunable channel group in this model (skipped: {sorted(set(scan.skipped.values()))})")
+            raise PruningError(f"no prunable channel group in this model (skipped: {sorted(set(scan.skipped.values()))})")
         self.groups, self.skipped, self.example = scan.groups, scan.skipped, example
         cost = CostModel(model, self.groups, example)
         if self.ratios is None:
@@ -110,7 +112,7 @@ class CSGD:
             self.widths = ratio_widths(self.groups, self.ratios)
             macs = widths_macs(cost, self.widths)
             if macs > target_macs:
-                raise ValueError(
+                raise PruningError(
                     f"the layer ratios in {self.config.layer_ratios!r} leave {macs / 1e6:.4g}M MACs, above the "
                     f"FLOPs target {target_macs / 1e6:.4g}M"
                 )
@@ -121,7 +123,9 @@ class CSGD:
 
     def _cluster(self, model: nn.Module, group: ChannelGroup) -> Tensor:
         leader = _leader(group)
-        kernel = model.get_submodule(leader.module).weight.detach().flatten(1)
+        conv = model.get_submodule(leader.module)
+        assert isinstance(conv, nn.Conv2d)
+        kernel = conv.weight.detach().flatten(1)
         points = torch.stack([kernel[list(indices)].flatten() for indices in leader.channels])
         return kmeans(points, self.widths[group.root], seed=self.config.kmeans_seed)
 
@@ -149,13 +153,13 @@ class CSGD:
                 assert isinstance(conv, nn.Conv2d)
                 ids = member_ids(member, self.labels[group.root], conv.out_channels).to(conv.weight.device)
                 rules.append(_Rule(conv.weight, ids, eps, weight_decay))
-                vectors = [conv.bias] + ([bn.weight, bn.bias] if bn is not None else [])
+                vectors: list[Tensor | None] = [conv.bias] + ([bn.weight, bn.bias] if bn is not None else [])
                 rules += [_Rule(v, ids, VECTOR_FACTOR * eps, 0.0) for v in vectors if v is not None]
         return rules
 
     # -- training ----------------------------------------------------------------------------
     def regularize(self) -> None:
-        """After backward: replace each producer gradient by the centripetal one (SPEC 6.2)."""
+        """After backward: replace each producer gradient by the centripetal one (docs/design.md 6.2)."""
         if not self.rules:
             raise RuntimeError("C-SGD: regularize() before param_groups() bound the model's parameters")
         with torch.no_grad():
@@ -175,6 +179,8 @@ class CSGD:
         model.eval()
         distance, relative = self.spread(model)
         param = next(model.parameters())
+        if self.example is None:
+            raise RuntimeError("C-SGD: prepare() must run before prune()")
         probe = torch.randn(self.example.shape, generator=torch.Generator().manual_seed(0))
         probe = probe.to(device=param.device, dtype=param.dtype)
         with torch.no_grad():
@@ -203,7 +209,7 @@ class CSGD:
             "prunable_groups": len(self.groups),
             "skipped_groups": dict(self.skipped),
             "keep_ratio": self.keep_ratio,
-            "planned_macs": getattr(self, "planned_macs", None),
+            "planned_macs": self.planned_macs,
             "widths": {g.root: [g.size, self.widths.get(g.root, g.size)] for g in self.groups},
             **self.facts,
         }
@@ -212,22 +218,3 @@ class CSGD:
 def _leader(group: ChannelGroup) -> Member:
     dense = group.dense_producers
     return next((m for m in dense if m.module == group.root), dense[0])
-
-
-def _add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--centripetal-strength", dest="centripetal_strength", type=float,
-                        help="eps, pull towards the cluster mean (default 3e-3; 0.1 eps on vectors)")
-    parser.add_argument("--layer-ratios", dest="layer_ratios",
-                        help="JSON {conv name: keep ratio} instead of one uniform ratio")
-    parser.add_argument("--kmeans-seed", dest="kmeans_seed", type=int, help="seed of the k-means initialisation (0)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pruning.csgd ckpt.pt --target-flops 0.3G``; flags in `pruning._cli`."""
-    from pruning._cli import run_cli
-
-    return run_cli("csgd", argv, _add_flags, lambda knobs: CSGD(CSGDConfig(**knobs)))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Deploy MACs of the widths a mask implies, without building the pruned model (SPEC 0 counting).
+"""Deploy MACs of the widths a mask implies, without building the pruned model (docs/design.md section 0 counting).
 
 A conv costs ``out * in/groups * kh*kw * H_out*W_out`` MACs (fvcore's count), a linear layer
 ``out * in`` per row. `CostModel` records every layer's geometry once (one forward pass at batch 1)

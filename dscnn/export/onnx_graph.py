@@ -1,10 +1,10 @@
 """Structural checks on an exported ONNX graph: is it the plain deploy form?
 
-What "plain" means here (SPEC section 0, "deploy form is plain"), made concrete for a graph:
+What "plain" means here (docs/design.md section 0, "deploy form is plain"), made concrete for a graph:
 - no ``BatchNormalization`` node (every BN must be folded into a conv), and
 - no *mergeable parallel convs*: two ``Conv`` nodes that read the same tensor with the same stride,
   dilation and group count and whose outputs are summed, possibly through nested ``Add``/``Sum``
-  nodes and ``BatchNormalization``/``Identity`` nodes in between. Such a pair is exactly what SPEC
+  nodes and ``BatchNormalization``/``Identity`` nodes in between. Such a pair is exactly what docs/design.md
   rule 2 fuses into one conv, so finding one means a re-param block was left unfused.
 
 interpretation: architecture residuals (``Add(conv(x), x)``) are allowed, and so are sums of convs
@@ -66,7 +66,7 @@ def _summed_convs(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]) -> 
 
 
 def _merge_key(conv: onnx.NodeProto, producer: dict[str, onnx.NodeProto]) -> tuple[object, ...]:
-    """(input tensor, strides, dilations, groups): convs sharing it fuse into one by SPEC rule 2."""
+    """(input tensor, strides, dilations, groups): convs sharing it fuse into one by docs/design.md rule 2."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
     return (
         _resolve(conv.input[0], producer),

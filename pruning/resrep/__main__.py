@@ -1,0 +1,5 @@
+"""``python -m pruning.resrep``."""
+
+from pruning.resrep.cli import main
+
+raise SystemExit(main())
