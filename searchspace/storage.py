@@ -4,6 +4,10 @@
 opens as a bare path, and what several worker processes on one machine can append to safely.
 An RDB URL (``postgresql://...``) serves workers on several machines; it gets Optuna's heartbeat,
 so the trial of a worker that died anywhere is failed once its heartbeat is stale.
+
+The journal file is checked before anything reads or writes it (`searchspace.journal`): a damaged
+one is refused with a one-line `JournalDamaged` naming the line and byte, and
+``python -m searchspace.repair studies.db`` repairs it.
 """
 
 from __future__ import annotations
@@ -11,29 +15,85 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from searchspace.journal import CheckedJournalFileBackend, JournalDamaged
+
+__all__ = ["JournalDamaged", "fail_orphaned_trials", "heartbeat_interval", "mark_worker", "open_storage", "worker_id"]
 
 WORKER_ATTR = "worker"  # system attribute "host:pid" of the process running a trial
 HEARTBEAT_INTERVAL_S = 60  # RDB storages: a running trial's worker writes a heartbeat this often
 HEARTBEAT_GRACE_S = 180  # ... and its trial is failed once the last heartbeat is this old
+SCHEMA_LOCK_KEY = 0x7265706E6173  # PostgreSQL advisory lock key ("repnas") held while a storage is opened
 
 
 def open_storage(storage: str) -> BaseStorage:
-    """A journal file for a plain path; an `RDBStorage` with heartbeats for ``sqlite://``/``postgresql://`` URLs."""
+    """A checked journal file for a plain path; an `RDBStorage` with heartbeats for ``sqlite://``/``postgresql://`` URLs.
+
+    Raises `ValueError` (one line) for a missing folder, a damaged journal (`JournalDamaged`), an
+    unknown URL, a missing database driver or a database that cannot be reached.
+    """
     if "://" in storage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: experimental since Optuna 2.9
-            return RDBStorage(storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S)
+        return _open_rdb(storage)
     directory = os.path.dirname(os.path.abspath(storage))
     if not os.path.isdir(directory):
         raise ValueError(f"--storage {storage!r}: directory {directory!r} does not exist")
+    if os.path.isdir(storage):
+        raise ValueError(f"--storage {storage!r} is a folder; give a journal file such as {os.path.join(storage, 'studies.db')}")
     # Optuna's default lock, the same one optuna-dashboard uses when it opens the file.
-    return JournalStorage(JournalFileBackend(storage))
+    return JournalStorage(CheckedJournalFileBackend(storage))
+
+
+def _open_rdb(storage: str) -> RDBStorage:
+    try:
+        url = make_url(storage)
+        shown = url.render_as_string(hide_password=True)
+        url.get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ValueError(f"--storage {storage!r} is not a database URL SQLAlchemy knows: {exc}") from None
+    except ImportError as exc:
+        if url.drivername in ("postgresql", "postgresql+psycopg"):
+            raise ValueError(f"--storage {shown}: the PostgreSQL driver is not installed ({exc}); "
+                             "pip install -e '.[postgres]'") from None
+        raise ValueError(f"--storage {shown}: its database driver is not installed ({exc})") from None
+    try:
+        with _schema_lock(url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: experimental since Optuna 2.9
+            return RDBStorage(storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S)
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise ValueError(f"--storage {shown}: cannot connect: {reason}") from None
+
+
+@contextmanager
+def _schema_lock(url: URL) -> Iterator[None]:
+    """On PostgreSQL, one process at a time opens the storage: `RDBStorage` creates Optuna's tables in an
+    empty database, and workers starting together would race there (``UniqueViolation`` on
+    ``alembic_version``). A session-level advisory lock, released when its connection closes, even
+    if the process is killed."""
+    if url.get_backend_name() != "postgresql":
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def worker_id() -> str:
