@@ -18,8 +18,11 @@ import sys
 
 from rich.console import Console
 
+from dscnn.checkpoint import CheckpointError
 from dscnn.data import DataError
 from searchspace import SETTINGS, RayConfig, SearchConfig, default_of, read_study_table, run_search
+from searchspace.identity import SearchError
+from searchspace.run import SearchInterrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         result = run_search(config, console=console)
-    except DataError as exc:
+    except (DataError, SearchError, CheckpointError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    except SearchInterrupted as exc:
+        console.print(f"{exc}; run the same command to resume (the interrupted trial is re-run)")
+        return 130
     console.print(f"study {result.study_name!r}: {result.finished_trials} finished trials, results in "
                   f"{result.out_dir}/\ndashboard: optuna-dashboard {config.storage}")
     return 0

@@ -241,6 +241,9 @@ def _build(values: dict[str, Any]) -> SearchConfig:
         parts[""]["baselines"] = ()
     if "seed" in values:
         parts["train"]["seed"] = values["seed"]  # one seed for the sampler and the training
+    for key, value in values.items():  # inf / nan are never meant (and Infinity is not JSON)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
     for key in ("epochs", "batch_size", "latency_batch", "threads"):
         if key in values and not (isinstance(values[key], int) and values[key] >= 1):
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {values[key]}")

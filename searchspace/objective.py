@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from torch import nn
 
 import dscnn
@@ -51,6 +52,8 @@ class ObjectiveSettings:
     pareto: bool  # multi-objective (accuracy, latency) instead of constrained accuracy
     epochs: int
     checkpoint_dir: Path  # one checkpoint per trained trial: trial_NNNN.pt
+    seed: int = 0  # study seed: trial t's weights and training use trial_seed(seed, t)
+    study_name: str = ""  # recorded in every trial checkpoint, checked when best.* is written
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,14 @@ class CostStep:
 
 
 MeasureCost = Callable[[nn.Module], TrialCost]
-TrainModel = Callable[[nn.Module, Callable[[int, float], None]], float]
+#: ``train_model(model, on_epoch, seed) -> final validation accuracy``
+TrainModel = Callable[[nn.Module, Callable[[int, float], None], int], float]
+INTERRUPTED = "interrupted (Ctrl-C)"  # fail_reason of a trial stopped by the user; re-run on resume
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """The seed of one trial's weights and training: a function of (study seed, trial number) only."""
+    return (study_seed * 1_000_003 + trial_number) % 2**31
 
 
 class SearchObjective:
@@ -82,13 +92,17 @@ class SearchObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         mark_worker(trial)
-        step = self.cost_step(trial)
-        if not step.feasible:
-            return self.reject(step.cost)
-        self.trained_trials += 1
-        trial.set_user_attr("trained_by", worker_id())
-        accuracy = self._train(trial, step.model)
-        self._save(trial, step.model, step.config, accuracy, step.cost)
+        try:
+            step = self.cost_step(trial)
+            if not step.feasible:
+                return self.reject(step.cost)
+            self.trained_trials += 1
+            trial.set_user_attr("trained_by", worker_id())
+            accuracy = self._train(trial, step.model)
+            self._save(trial, step.model, step.config, accuracy, step.cost)
+        except KeyboardInterrupt:
+            trial.storage.set_trial_system_attr(trial._trial_id, "fail_reason", INTERRUPTED)
+            raise
         return (accuracy, step.cost.latency_ms) if self.settings.pareto else accuracy
 
     def cost_step(self, trial: optuna.Trial) -> CostStep:
@@ -102,8 +116,12 @@ class SearchObjective:
         trial.set_user_attr("arch", config.to_json())
         trial.set_user_attr("epochs", self.settings.epochs)
         self.progress.phase(trial.number, "measure")
+        seed = trial_seed(self.settings.seed, trial.number)
+        trial.set_user_attr("seed", seed)
+        torch.manual_seed(seed)  # the initial weights: reproducible from (study seed, trial number)
         model = dscnn.build_model(config)
-        cost = self.measure_cost(model)
+        with torch.random.fork_rng(devices=[]):  # timing (random inputs) must not shift the training RNG
+            cost = self.measure_cost(model)
         trial.set_user_attr("measured_by", worker_id())
         return CostStep(config, model, cost, self._record_cost(trial, cost))
 
@@ -156,7 +174,7 @@ class SearchObjective:
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} at accuracy {accuracy:.4f}")
 
         try:
-            accuracy = self.train_model(model, on_epoch)
+            accuracy = self.train_model(model, on_epoch, trial_seed(self.settings.seed, trial.number))
         except (optuna.TrialPruned, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -168,7 +186,9 @@ class SearchObjective:
 
     def _save(self, trial: optuna.Trial, model: nn.Module, config: ArchConfig, accuracy: float, cost: TrialCost) -> None:
         path = self.checkpoint_path(trial.number)
-        metrics = {"accuracy": accuracy, "latency_ms": cost.latency_ms, "macs": cost.macs, "trial": trial.number}
+        metrics = {"accuracy": accuracy, "latency_ms": cost.latency_ms, "macs": cost.macs, "trial": trial.number,
+                   "study": self.settings.study_name, "arch_hash": config.arch_hash()}
         dscnn.save_checkpoint(path, model.cpu(), metrics=metrics)
-        trial.set_user_attr("checkpoint", str(path))
+        # relative to the output folder, so the study resumes from any working directory
+        trial.set_user_attr("checkpoint", path.relative_to(self.settings.checkpoint_dir.parent).as_posix())
 

@@ -1,11 +1,11 @@
-"""Search progress on the terminal (rich): trial i/N, current phase, best so far."""
+"""Search progress on the terminal (rich): trial i/N, current phase, best so far, elapsed and ETA."""
 
 from __future__ import annotations
 
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 class SearchProgress:
@@ -16,7 +16,7 @@ class SearchProgress:
         self.best: float | None = None
         self._progress = Progress(
             TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            TimeElapsedColumn(), console=console, disable=not enabled,
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled,
         )
         self._task = self._progress.add_task("starting", total=total_trials)
 

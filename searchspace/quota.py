@@ -9,6 +9,10 @@ journal file (or the ``sqlite:///`` file); for server databases (PostgreSQL, MyS
 different machines have no shared lock file, and the last few asks can race: at most
 ``workers - 1`` extra trials, never a lost or duplicated one.
 
+A trial lost to Ctrl-C or to a dead worker is re-run when the study resumes
+(`requeue_lost_trials`: the same parameters, enqueued, with ``retry_of`` naming the lost one); the
+lost trial then no longer counts toward N, its re-run does.
+
 interpretation: Optuna's own `MaxTrialsCallback` counts after a trial ends and has the same race;
 enqueued (WAITING) trials are popped before new ones are created and count toward N.
 """
@@ -25,6 +29,37 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
+
+RETRY_ATTR = "retry_of"  # user attribute of a re-run: the number of the lost trial it replaces
+LOST_REASONS = ("interrupted", "worker ")  # fail_reason prefixes of trials that did not fail by themselves
+
+
+def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    return {int(t.user_attrs[RETRY_ATTR]) for t in trials if RETRY_ATTR in t.user_attrs}
+
+
+def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that count toward the total: all but the lost ones that have a re-run."""
+    retried = _retried(trials)
+    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+
+
+def requeue_lost_trials(study: optuna.Study, carry: tuple[str, ...] = ("baseline",)) -> list[int]:
+    """Enqueue a re-run of every interrupted or worker-lost trial not re-run yet; their numbers.
+
+    The re-run gets the lost trial's parameters and its ``carry`` user attributes (the baseline's
+    name), so a baseline or a sampled architecture is trained exactly as it would have been.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried, requeued = _retried(trials), []
+    for t in trials:
+        reason = str(t.system_attrs.get("fail_reason", ""))
+        if t.state != TrialState.FAIL or t.number in retried or not reason.startswith(LOST_REASONS):
+            continue
+        attrs = {k: t.user_attrs[k] for k in carry if k in t.user_attrs}
+        study.enqueue_trial(dict(t.params), user_attrs={**attrs, RETRY_ATTR: t.number}, skip_if_exists=False)
+        requeued.append(t.number)
+    return requeued
 
 
 class StudyFull(Exception):
@@ -72,7 +107,7 @@ class BoundedStudy(optuna.Study):
         with self.locked():
             trials = self.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
-            if len(trials) >= self.total and not waiting:
+            if counted_trials(trials) >= self.total and not waiting:
                 raise StudyFull(f"study {self.study_name!r} holds its {self.total} trials")
             with warnings.catch_warnings():
                 # ask/tell drivers (the Ray backend) run their own heartbeat thread
@@ -83,4 +118,4 @@ class BoundedStudy(optuna.Study):
         """Trials still to be created or run: free slots plus WAITING (enqueued) trials."""
         trials = self.get_trials(deepcopy=False)
         waiting = sum(t.state == TrialState.WAITING for t in trials)
-        return max(0, self.total - len(trials)) + waiting
+        return max(0, self.total - counted_trials(trials)) + waiting

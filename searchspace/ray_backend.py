@@ -33,6 +33,7 @@ hooks and result keys used here).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -46,6 +47,7 @@ from typing import Any
 
 import optuna
 import ray
+import torch
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -58,7 +60,7 @@ from dscnn.data import ImageDataset
 from dscnn.train import TrainConfig, train_and_evaluate
 from searchspace.config import RayConfig, SearchConfig
 from searchspace.device_lock import DeviceLock
-from searchspace.objective import SearchObjective
+from searchspace.objective import SearchObjective, trial_seed
 from searchspace.quota import BoundedStudy, StudyFull
 from searchspace.run import SearchResult, prepare_search, write_outputs
 from searchspace.storage import heartbeat_interval, mark_worker, worker_id
@@ -172,7 +174,8 @@ class StudySearcher(Searcher):
         self._trials[trial_id] = trial
         self._latency_ms[trial_id] = step.cost.latency_ms
         self.launched += 1
-        return {"optuna_trial": trial.number, "arch": step.config.to_json(), "params": dict(trial.params)}
+        seed = trial_seed(self.objective.settings.seed, trial.number)
+        return {"optuna_trial": trial.number, "arch": step.config.to_json(), "params": dict(trial.params), "seed": seed}
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the study in ``--storage`` is the search's state (rerun to resume)."""
@@ -266,7 +269,8 @@ class CheckpointCopier(tune.Callback):
         dest = self._searcher.objective.checkpoint_path(number)
         with checkpoint.as_directory() as folder:
             shutil.copyfile(Path(folder) / CHECKPOINT_FILE, dest)
-        self._searcher.checkpoints[trial.trial_id] = str(dest)
+        out = self._searcher.objective.settings.checkpoint_dir.parent
+        self._searcher.checkpoints[trial.trial_id] = dest.relative_to(out).as_posix()  # resolved against --out
 
 
 def train_trial(
@@ -274,8 +278,11 @@ def train_trial(
     train_model: RayTrainModel | None,
 ) -> None:
     """The Ray trainable: rebuild the architecture, train it, report every epoch, then the checkpoint."""
+    seed = int(trial_config.get("seed", train.seed))
+    torch.manual_seed(seed)  # the same initial weights as the driver's cost step built
+    train = dataclasses.replace(train, seed=seed)
     model = dscnn.build_model(dscnn.config_from_dict(json.loads(trial_config["arch"])))
-    with DeviceLock(lock_path).training() as slot:
+    with DeviceLock(lock_path, device=train.device).training() as slot:
         def on_epoch(epoch: int, accuracy: float) -> None:
             if math.isnan(accuracy):
                 raise ValueError("validation accuracy is NaN")

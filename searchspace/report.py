@@ -6,9 +6,8 @@ are set in both single- and multi-objective studies, so one report serves both m
 
 from __future__ import annotations
 
-import base64
-import html
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +29,8 @@ class TrialRow:
     params_deploy: int | None
     family: str | None
     arch: str | None  # the config as JSON
-    checkpoint: str | None
+    checkpoint: str | None  # relative to the output folder (older studies: to where they ran)
+    fail_reason: str | None = None  # why a FAIL trial failed
 
     @property
     def is_baseline(self) -> bool:
@@ -49,6 +49,7 @@ def _row(t: FrozenTrial) -> TrialRow:
         feasible=a.get("feasible"), accuracy=a["accuracy"] if trained else None,
         latency_ms=a.get("latency_ms"), macs=a.get("macs"), params_deploy=a.get("params_deploy"),
         family=a.get("family"), arch=a.get("arch"), checkpoint=a.get("checkpoint"),
+        fail_reason=a.get("fail_reason") or t.system_attrs.get("fail_reason"),
     )
 
 
@@ -90,58 +91,107 @@ def print_table(rows: list[TrialRow], console: Console | None = None, title: str
     (console or Console()).print(table)
 
 
-def write_best_json(path: Path, best: TrialRow, budget: dict[str, float | None]) -> None:
+def write_best_json(path: Path, best: TrialRow, budget: dict[str, float | None], warning: str | None = None) -> None:
     data = asdict(best)
     data["arch"] = json.loads(best.arch) if best.arch else None
     data["budget"] = budget
-    data["flops_convention"] = "fvcore multiply-accumulates of the deploy form, batch 1"
-    path.write_text(json.dumps(data, indent=2))
+    data["macs_convention"] = "fvcore multiply-accumulates of the deploy form, batch 1"
+    if warning:
+        data["warning"] = warning
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
-def plot_pareto(rows: list[TrialRow], png: Path, html_path: Path, budget_ms: float | None, title: str) -> None:
-    """Accuracy vs latency: every trained trial, the Pareto front, baselines marked, the budget line."""
+def why_no_best(rows: list[TrialRow], budget_ms: float | None, budget_macs: float | None) -> str:
+    """What went wrong when no feasible trial finished training, and what to change."""
+    if not rows:
+        return "no trial ran: raise --trials"
+    over = [r for r in rows if r.feasible is False]
+    diverged = [r for r in rows if r.state == "FAIL" and "diverged" in (r.fail_reason or "")]
+    failed = [r for r in rows if r.state == "FAIL" and r not in diverged]
+    parts = []
+    if over:
+        fastest = min(over, key=lambda r: r.latency_ms if r.latency_ms is not None else math.inf)
+        limit = f" (budget {budget_ms:g} ms)" if budget_ms is not None else ""
+        macs = f", {fastest.macs / 1e6:.1f} MMACs (budget {budget_macs / 1e6:.1f})" if budget_macs and fastest.macs else ""
+        parts.append(f"{len(over)} of {len(rows)} trials were over the budget; the fastest, {fastest.label}, measured "
+                     f"{fastest.latency_ms:.3f} ms{limit}{macs}. Try a larger --budget-ms, a smaller space (--space), "
+                     "a lighter stem or lower --resolution, or a faster runtime")
+    if diverged:
+        parts.append(f"{len(diverged)} trials diverged (non-finite loss): lower --lr or use --optimizer adamw")
+    if failed:
+        parts.append(f"{len(failed)} trials failed: {failed[0].label}: {failed[0].fail_reason or 'see the log'}")
+    pruned = [r for r in rows if r.state == "PRUNED" and r.feasible is not False]
+    if pruned:
+        parts.append(f"{len(pruned)} trials were stopped early by the pruner")
+    return "no feasible trial finished training, so no best.json / best.pt: " + ("; ".join(parts) or "see the trials")
+
+
+def plot_pareto(
+    rows: list[TrialRow], png: Path, html_path: Path, budget_ms: float | None, title: str,
+    *, budget_macs: float | None = None,
+) -> None:
+    """Accuracy vs latency: every trained trial, the Pareto front, each baseline named in the legend,
+    over-budget trials along the bottom, the budget line; a PNG and an interactive plotly page."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done, front = trained(rows), pareto_front(rows)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    searched = [r for r in done if not r.is_baseline]
-    ax.scatter(*_xy(searched), c="tab:blue", s=18, alpha=0.6, label="searched")
-    ax.plot(*_xy(front), "-o", c="tab:orange", ms=4, label="Pareto front")
-    for r in (r for r in done if r.is_baseline):
-        ax.scatter(*_xy([r]), marker="*", s=140, c="tab:red", zorder=3)
-        ax.annotate(r.label, (r.latency_ms or 0, r.accuracy or 0), textcoords="offset points", xytext=(5, 4), fontsize=8)
     over = [r for r in rows if r.feasible is False and r.latency_ms is not None]
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    searched = [r for r in done if not r.is_baseline]
+    if searched:
+        ax.scatter(*_xy(searched), c="tab:blue", s=18, alpha=0.6, label="searched")
+    if front:
+        ax.plot(*_xy(front), "-", c="tab:orange", lw=1, label="Pareto front")
+    markers = "*^sDvP"
+    for i, r in enumerate(r for r in done if r.is_baseline):
+        ax.scatter(*_xy([r]), marker=markers[i % len(markers)], s=90, zorder=3, label=f"baseline {r.label}")
     if over:
         ax.scatter([float(r.latency_ms or 0) for r in over], [0.0] * len(over), marker="x", c="grey",
-                   label="over budget (not trained)")
+                   label=f"over budget ({len(over)}, not trained)")
     if budget_ms is not None:
-        ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"budget {budget_ms:g} ms")
+        ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"latency budget {budget_ms:g} ms")
+    if budget_macs is not None:
+        ax.plot([], [], " ", label=f"MACs budget {budget_macs / 1e6:g}M (not an axis: trials over it are x)")
     ax.set_xlabel("deploy-form latency (ms)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: covers nothing
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
-    _write_html(html_path, png, front, title)
+    _write_html(html_path, rows, budget_ms, title)
 
 
-def _write_html(path: Path, png: Path, front: list[TrialRow], title: str) -> None:
-    image = base64.b64encode(png.read_bytes()).decode()
-    cells = "".join(
-        f"<tr><td>{html.escape(r.label)}</td><td>{html.escape(r.family or '-')}</td><td>{r.accuracy:.4f}</td>"
-        f"<td>{r.latency_ms:.3f}</td><td>{(r.macs or 0) / 1e6:.1f}</td><td>{r.params_deploy or 0:,}</td></tr>"
-        for r in front
-    )
-    path.write_text(
-        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>"
-        f"<img src='data:image/png;base64,{image}' alt='accuracy vs latency'>"
-        "<table border=1 cellpadding=4><tr><th>trial</th><th>family</th><th>accuracy</th><th>latency ms</th>"
-        f"<th>MMACs</th><th>params (deploy)</th></tr>{cells}</table>"
-    )
+def _write_html(path: Path, rows: list[TrialRow], budget_ms: float | None, title: str) -> None:
+    """An interactive page: hover a point for its trial, family, accuracy, latency, MACs and params."""
+    import plotly.graph_objects as go
+
+    def trace(name: str, subset: list[TrialRow], **style: object) -> go.Scatter:
+        hover = [f"{r.label} ({r.family or '-'})<br>accuracy {r.accuracy if r.accuracy is not None else '-'}<br>"
+                 f"{r.latency_ms:.3f} ms, {(r.macs or 0) / 1e6:.1f} MMACs, {r.params_deploy or 0:,} params"
+                 for r in subset]
+        y = [r.accuracy if r.accuracy is not None else 0.0 for r in subset]
+        return go.Scatter(x=[r.latency_ms for r in subset], y=y, name=name, text=hover, hoverinfo="text", **style)
+
+    done = trained(rows)
+    fig = go.Figure()
+    fig.add_trace(trace("searched", [r for r in done if not r.is_baseline], mode="markers"))
+    fig.add_trace(trace("Pareto front", pareto_front(rows), mode="lines"))
+    for r in (r for r in done if r.is_baseline):
+        fig.add_trace(trace(f"baseline {r.label}", [r], mode="markers", marker={"size": 12, "symbol": "star"}))
+    over = [r for r in rows if r.feasible is False and r.latency_ms is not None]
+    fig.add_trace(trace("over budget (not trained)", over, mode="markers", marker={"symbol": "x", "color": "grey"}))
+    if budget_ms is not None:
+        fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {budget_ms:g} ms")
+    fig.update_layout(title=title, xaxis_title="deploy-form latency (ms)", yaxis_title="validation accuracy")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.write_html(tmp, include_plotlyjs=True, full_html=True)  # self-contained: opens offline
+    tmp.replace(path)
 
 
 def baseline_comparison(rows: list[TrialRow]) -> tuple[TrialRow | None, list[TrialRow]]:

@@ -9,10 +9,14 @@ the Ray Tune backend (`searchspace.ray_backend`).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
+import logging
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +33,10 @@ from dscnn.train import TrainingDiverged, resolve_device, train_and_evaluate
 from searchspace import report
 from searchspace.config import SearchConfig
 from searchspace.device_lock import DeviceLock
+from searchspace.identity import SearchError, check_definition, check_paths, claim_output_folder, definition
 from searchspace.objective import BASELINE_ATTR, ObjectiveSettings, SearchObjective, TrialCost
 from searchspace.progress import SearchProgress
-from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
-from searchspace.space import get_space
+from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path, requeue_lost_trials
 from searchspace.storage import fail_orphaned_trials, open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -48,13 +52,23 @@ class SearchResult:
     pareto: list[report.TrialRow]
 
 
+class SearchInterrupted(Exception):
+    """The user stopped the search (Ctrl-C); the outputs of what finished were written first."""
+
+    def __init__(self, result: SearchResult) -> None:
+        super().__init__(f"interrupted: {result.finished_trials} trials finished, outputs in {result.out_dir}/")
+        self.result = result
+
+
 def run_search(config: SearchConfig, *, console: Console | None = None, show_progress: bool = True) -> SearchResult:
     """Run (or resume) the study described by ``config`` and write its outputs.
 
     Any number of processes may run this on one study (same ``storage`` and ``study_name``): they
     share its ``trials`` total exactly (`searchspace.quota`), and each writes the outputs when it
     stops; the last one to stop sees the whole study. With ``config.ray`` set the trials train on
-    Ray Tune (`searchspace.ray_backend.run_ray_search`).
+    Ray Tune (`searchspace.ray_backend.run_ray_search`). Ctrl-C writes the outputs of the finished
+    trials, marks the running one interrupted (it is re-run when the study resumes) and raises
+    `SearchInterrupted`.
     """
     console = console or Console()
     if config.ray is not None:
@@ -62,39 +76,79 @@ def run_search(config: SearchConfig, *, console: Console | None = None, show_pro
 
         return run_ray_search(config, console=console, show_progress=show_progress)
     study, _, objective = prepare_search(config, console)
+    interrupted = False
     if study.remaining() == 0:
         console.log(f"study {config.study_name!r} already has {config.trials} trials; raise --trials to add more")
     else:
-        with SearchProgress(config.trials, enabled=show_progress, console=console) as progress:
+        with SearchProgress(study.remaining(), enabled=show_progress, console=console) as progress:
             objective.progress = progress
-            progress.trial_finished(_finished(study, config.trials), _best_value(study))
+            done_before = _finished_count(study)
             try:
-                study.optimize(
-                    objective, n_trials=None, timeout=config.timeout_s,
-                    catch=(TrainingDiverged, torch.cuda.OutOfMemoryError),
-                    callbacks=[lambda s, _t: progress.trial_finished(_finished(s, config.trials), _best_value(s))],
-                )
+                with _quiet_interrupt_tracebacks():
+                    study.optimize(
+                        objective, n_trials=None, timeout=config.timeout_s,
+                        catch=(TrainingDiverged, torch.cuda.OutOfMemoryError),
+                        callbacks=[lambda s, _t: progress.trial_finished(_finished_count(s) - done_before,
+                                                                         _best_value(s))],
+                    )
             except StudyFull:
                 pass  # every trial of the total is taken (by this or another worker)
-    return write_outputs(config, study, objective.trained_trials, console)
+            except KeyboardInterrupt:
+                interrupted = True
+    result = write_outputs(config, study, objective.trained_trials, console)
+    if interrupted:
+        raise SearchInterrupted(result)
+    return result
+
+
+@contextlib.contextmanager
+def _quiet_interrupt_tracebacks() -> Iterator[None]:
+    """Optuna logs a failed trial with its traceback; for Ctrl-C one line is enough."""
+
+    def one_line(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    logger = logging.getLogger("optuna")
+    logger.addFilter(one_line)
+    try:
+        yield
+    finally:
+        logger.removeFilter(one_line)
 
 
 def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy, ImageDataset, SearchObjective]:
-    """What every backend does first: outputs folder, data, the study (orphans failed, baselines enqueued)."""
-    get_space(config.space)  # fail fast on an unknown space, before loading data
-    out = config.out_dir
-    (out / "trials").mkdir(parents=True, exist_ok=True)
-    (out / "search_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    """What every backend does first, checking every input before it writes anything: paths, data,
+    the study's definition and the output folder's owner; then the outputs folder and the study
+    (orphans failed, interrupted or lost trials re-queued, baselines enqueued)."""
+    check_paths(config)
+    if config.data.name == "embedded" and config.data.data_dir:
+        console.log(f"[yellow]warning:[/yellow] --data-dir {config.data.data_dir!r} is ignored: the embedded data set "
+                    "ships inside the package (give --dataset to read a data set from a folder)")
     data = load_dataset(config.data)
+    resolution = config.data.resolution or data.resolution
     study = open_study(config)
     with study.locked():  # two workers starting together must not both enqueue the baselines
+        is_new = not study.trials
+        check_definition(study, definition(config, data.num_classes, resolution), config)
+        claim_output_folder(config, is_new)
         orphans = fail_orphaned_trials(study)
-        if not study.trials:
+        requeued = requeue_lost_trials(study)
+        if is_new:
             for label in config.baselines[: config.trials]:
                 study.enqueue_trial({}, user_attrs={BASELINE_ATTR: label}, skip_if_exists=False)
+    (config.out_dir / "trials").mkdir(parents=True, exist_ok=True)
+    recorded = dataclasses.replace(config, latency=config.latency.replace(resolution=resolution))
+    _write_text(config.out_dir / "search_config.json", json.dumps(recorded.to_dict(), indent=2, default=str))
     if orphans:
         console.log(f"marked trials {orphans} FAIL: their worker is gone")
-    return study, data, build_objective(config, data)
+    if requeued:
+        console.log(f"re-running interrupted or lost trials {requeued} with their parameters")
+    if len(config.baselines) >= config.trials and is_new:
+        console.log(f"[yellow]note:[/yellow] --trials {config.trials} leaves no room beyond the "
+                    f"{len(config.baselines)} hand-designed baselines: nothing will be searched")
+    return study, data, build_objective(config, data, console)
 
 
 def open_study(config: SearchConfig) -> BoundedStudy:
@@ -120,16 +174,31 @@ def open_study(config: SearchConfig) -> BoundedStudy:
     return BoundedStudy(study, config.trials, ask_lock_path(config.storage))
 
 
-def build_objective(config: SearchConfig, data: ImageDataset) -> SearchObjective:
+def _say_once(console: Console | None) -> Callable[[str], None] | None:
+    """Tell the user about a wait on the device lock, once per holder set (not at every epoch)."""
+    if console is None:
+        return None
+    said: set[str] = set()
+
+    def say(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            console.log(f"[yellow]{message}[/yellow]")
+
+    return say
+
+
+def build_objective(config: SearchConfig, data: ImageDataset, console: Console | None = None) -> SearchObjective:
     """The trial objective, timing under the device lock and training in a shared slot of it."""
     settings = ObjectiveSettings(
         space=config.space, num_classes=data.num_classes, resolution=config.data.resolution or data.resolution,
         budget_ms=config.budget_ms, budget_macs=config.budget_macs, pareto=config.pareto,
-        epochs=config.train.epochs, checkpoint_dir=config.out_dir / "trials",
+        epochs=config.train.epochs, checkpoint_dir=config.out_dir / "trials", seed=config.seed,
+        study_name=config.study_name,
     )
     cache = MeasureCache(config.cache_path)
     latency = config.latency.replace(resolution=settings.resolution)
-    lock = DeviceLock(config.device_lock)
+    lock = DeviceLock(config.device_lock, device=config.latency.device, on_wait=_say_once(console))
 
     def measure(model: torch.nn.Module) -> TrialCost:
         with lock.measuring():  # never while a training runs on this machine (searchspace.device_lock)
@@ -145,20 +214,22 @@ def build_objective(config: SearchConfig, data: ImageDataset) -> SearchObjective
         # once per process, not per trial: on a GPU the copy and its channel statistics are not free
         return data.to(resolve_device(config.train.device))
 
-    def train(model: torch.nn.Module, on_epoch: Callable[[int, float], None]) -> float:
+    def train(model: torch.nn.Module, on_epoch: Callable[[int, float], None], seed: int | None = None) -> float:
         with lock.training() as slot:
             def between_epochs(epoch: int, accuracy: float) -> None:
                 with slot.paused():  # a waiting measurement runs here
                     on_epoch(epoch, accuracy)
 
-            result = train_and_evaluate(model, data_on_device(), config.train, on_epoch=between_epochs)
+            # data order and augmentation of this trial
+            recipe = config.train if seed is None else dataclasses.replace(config.train, seed=seed)
+            result = train_and_evaluate(model, data_on_device(), recipe, on_epoch=between_epochs)
         return float(result.final_accuracy)
 
     return SearchObjective(settings, measure, train)
 
 
-def _finished(study: optuna.Study, total: int) -> int:
-    return min(total, len(study.get_trials(deepcopy=False, states=FINISHED)))
+def _finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def _best_value(study: optuna.Study) -> float | None:
@@ -166,28 +237,81 @@ def _best_value(study: optuna.Study) -> float | None:
     return max((r.accuracy for r in rows if r.accuracy is not None), default=None)
 
 
+CHANCE_MARGIN = 0.05  # a best accuracy within this of chance (1 / classes) is reported as noise
+
+
 def write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int, console: Console) -> SearchResult:
+    """The Pareto plot and table, ``best.json`` / ``best.pt`` / ``best_deploy.pt``, and a summary line."""
     out = config.out_dir
     rows = report.trial_rows(study)
     front = report.pareto_front(rows)
     best = report.best_row(rows)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     title = f"{config.study_name}: accuracy vs {config.latency.device} latency"
+    if any(r.latency_ms is not None for r in rows):
+        report.plot_pareto(rows, out / "pareto.png", out / "pareto.html", config.budget_ms, title,
+                           budget_macs=config.budget_macs)
     if report.trained(rows):
-        report.plot_pareto(rows, out / "pareto.png", out / "pareto.html", config.budget_ms, title)
         report.print_table(front, console)
-    if best is not None and best.checkpoint and not Path(best.checkpoint).is_file():
+    budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs}
+    if best is None:
+        for name in ("best.json", "best.pt", "best_deploy.pt"):  # never leave an earlier winner as this one
+            (out / name).unlink(missing_ok=True)
+        console.log(report.why_no_best(rows, config.budget_ms, config.budget_macs))
+        return SearchResult(config.study_name, out, finished, trained_trials, best, front)
+    classes = int(study.user_attrs.get("definition", {}).get("num_classes", 0)) or None
+    warning = _chance_warning(best.accuracy, classes)
+    checkpoint = resolve_checkpoint(out, best.checkpoint)
+    if checkpoint is None or not checkpoint.is_file():
         # a worker on another machine trained it (PostgreSQL storage without a shared --out)
-        budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs}
-        report.write_best_json(out / "best.json", best, budget)
+        report.write_best_json(out / "best.json", best, budget, warning)
         console.log(f"best: {best.label}; its checkpoint {best.checkpoint} is not on this machine: best.json only")
-    elif best is not None and best.checkpoint:
-        budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs}
-        report.write_best_json(out / "best.json", best, budget)
-        shutil.copyfile(best.checkpoint, out / "best.pt")
-        model, _ = dscnn.load_checkpoint(best.checkpoint)
+    else:
+        model, info = dscnn.load_checkpoint(checkpoint)
+        _check_identity(best, info.config.arch_hash(), info.metrics, config.study_name, checkpoint)
+        report.write_best_json(out / "best.json", best, budget, warning)
+        tmp = out / ".best.pt.tmp"
+        shutil.copyfile(checkpoint, tmp)
+        os.replace(tmp, out / "best.pt")
         dscnn.save_checkpoint(out / "best_deploy.pt", dscnn.reparameterize_model(model), metrics={"accuracy": best.accuracy})
         console.log(f"best: {best.label} accuracy {best.accuracy:.4f} at {best.latency_ms:.3f} ms -> {out / 'best.pt'}")
-    else:
-        console.log("no feasible trial finished training: no best.json / best.pt written")
+    if warning:
+        console.log(f"[yellow]warning:[/yellow] {warning}")
     return SearchResult(config.study_name, out, finished, trained_trials, best, front)
+
+
+def resolve_checkpoint(out: Path, recorded: str | None) -> Path | None:
+    """A trial's checkpoint: recorded relative to the output folder (or absolute, or by older runs
+    relative to where they started)."""
+    if not recorded:
+        return None
+    path = Path(recorded)
+    if path.is_absolute() or (out / path).is_file():
+        return path if path.is_absolute() else out / path
+    return path
+
+
+def _check_identity(best: report.TrialRow, arch_hash: str, metrics: dict[str, object], study: str, path: Path) -> None:
+    expected = dscnn.config_from_dict(json.loads(best.arch)).arch_hash() if best.arch else None
+    trial, owner = metrics.get("trial"), metrics.get("study")
+    if arch_hash != expected or (trial is not None and trial != best.number) or (owner not in (None, study)):
+        raise SearchError(
+            f"{path} holds trial {trial} of study {owner!r} (architecture {arch_hash}), not {best.label} of "
+            f"{study!r} ({expected}): the output folder is shared with another study; give each its own --out"
+        )
+
+
+def _chance_warning(accuracy: float | None, classes: int | None) -> str | None:
+    if accuracy is None or not classes:
+        return None
+    chance = 1.0 / classes
+    if accuracy < chance + CHANCE_MARGIN:
+        return (f"the best accuracy {accuracy:.3f} is within {CHANCE_MARGIN:.0%} of chance ({chance:.3f} for {classes} "
+                "classes): the ranking is noise; train longer (--epochs) or on more data (--train-per-class)")
+    return None
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

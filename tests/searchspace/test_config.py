@@ -52,7 +52,10 @@ def test_from_mapping_merges_tables_later_wins_and_routes_each_key() -> None:
         ({"backend": "spark"}, "--backend must be one of"),
         ({"budget_flops": "lots"}, "--budget-flops: cannot parse 'lots'"),
         ({"epochs": 0}, "--epochs must be >= 1"),
-        ({"lr": math.nan}, "lr must be > 0"),
+        ({"lr": math.nan}, "--lr must be a finite number"),
+        ({"lr": math.inf}, "--lr must be a finite number"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"budget_ms": math.inf}, "--budget-ms must be a finite number"),
     ],
 )
 def test_from_mapping_names_the_setting_as_the_user_wrote_it(table: dict[str, object], message: str) -> None:

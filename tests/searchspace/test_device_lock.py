@@ -137,3 +137,39 @@ def test_search_objective_measures_exclusively_and_trains_shared(tmp_path: Path,
 def test_lock_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         DeviceLock(tmp_path / "nope" / "device.lock")
+
+
+def test_a_waiter_is_told_who_holds_the_lock(tmp_path: Path) -> None:
+    import getpass
+    import os
+    import threading
+
+    holder = DeviceLock(tmp_path / "device.lock")
+    messages: list[str] = []
+    waiter = DeviceLock(tmp_path / "device.lock", on_wait=messages.append)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with holder.measuring():
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(10)
+    threading.Timer(0.3, release.set).start()
+    with waiter.training():
+        pass
+    thread.join()
+    assert messages and f"{getpass.getuser()} pid {os.getpid()} (measuring since" in messages[0]
+    assert not list((tmp_path / "device.lock.holders").glob("*.json"))  # records leave with their holders
+    with DeviceLock(tmp_path / "device.lock", on_wait=messages.append).measuring():
+        pass
+    assert len(messages) == 1  # a free lock is taken silently
+
+
+def test_default_locks_are_per_device_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    from searchspace.device_lock import default_lock_path
+
+    monkeypatch.delenv("REPNAS_DEVICE_LOCK", raising=False)
+    assert default_lock_path("cpu") != default_lock_path("cuda:0") == default_lock_path("cuda")

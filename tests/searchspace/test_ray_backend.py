@@ -60,7 +60,8 @@ def test_ray_runs_tiny_trials_end_to_end(local_ray: None, tmp_path: Path) -> Non
     assert baseline.state == TrialState.COMPLETE and baseline.user_attrs["baseline"] == "fasternet_t0_w0.5"
     assert baseline.user_attrs["trained_by"] not in ("", driver)  # trained in a Ray worker process
     assert baseline.value == baseline.user_attrs["accuracy"] == baseline.intermediate_values[0]
-    assert baseline.user_attrs["checkpoint"] == str(Path(config.out_dir) / "trials" / "trial_0000.pt")
+    assert baseline.user_attrs["checkpoint"] == "trials/trial_0000.pt"  # relative to --out (#16 item 6)
+    assert (Path(config.out_dir) / baseline.user_attrs["checkpoint"]).is_file()
     assert result.trained_trials == sum("trained_by" in t.user_attrs for t in trials)
     out = Path(config.out_dir)
     best = max(t.value for t in trials if t.state == TrialState.COMPLETE)

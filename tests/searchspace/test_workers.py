@@ -78,7 +78,7 @@ def test_two_workers_share_one_study_exactly(tmp_path: Path) -> None:
     for t in trials:
         if t.state == TrialState.COMPLETE:
             assert Path(t.user_attrs["checkpoint"]).name == f"trial_{t.number:04d}.pt"
-            assert Path(t.user_attrs["checkpoint"]).is_file()
+            assert (Path(config.out_dir) / t.user_attrs["checkpoint"]).is_file()  # recorded relative to --out
 
 
 def test_killed_worker_leaves_a_study_that_resumes(tmp_path: Path) -> None:
@@ -105,11 +105,14 @@ def test_killed_worker_leaves_a_study_that_resumes(tmp_path: Path) -> None:
     worker.wait(timeout=30)
     assert _study(config).trials[killed].state == TrialState.RUNNING  # a dead worker's trial stays RUNNING ...
 
-    result = run_search(config, show_progress=False)  # ... until the next run fails it and resumes
+    result = run_search(config, show_progress=False)  # ... until the next run fails it, re-runs it and resumes
     trials = _study(config).trials
-    assert [t.number for t in trials] == [0, 1, 2] and result.finished_trials == 3
+    assert [t.number for t in trials] == [0, 1, 2, 3] and result.finished_trials == 4  # 3 counted + the lost one
     assert trials[killed].state == TrialState.FAIL
     assert trials[killed].system_attrs["fail_reason"] == f"worker {trials[killed].system_attrs[WORKER_ATTR]} died"
+    (rerun,) = [t for t in trials if "retry_of" in t.user_attrs]  # the lost baseline, trained again (#16 item 4)
+    assert rerun.user_attrs["retry_of"] == killed and rerun.user_attrs["baseline"] == trials[killed].user_attrs["baseline"]
+    assert rerun.state == TrialState.COMPLETE
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials if t.number != killed)
 
 
