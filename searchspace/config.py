@@ -162,6 +162,10 @@ SETTINGS: dict[str, Setting] = {
     "data_dir": _s("data", "data_dir", str, "data", "folder holding the data set (None: $REPNAS_DATA)"),
     "train_per_class": _s("data", "train_per_class", int, "data", "class-balanced training subset per class (0 = all)"),
     "val_per_class": _s("data", "val_per_class", int, "data", "class-balanced validation subset per class (0 = all)"),
+    "holdout_per_class": _s("data", "holdout_per_class", int, "data",
+                            "validation = this many per class held out of the training split; the data set's own "
+                            "held-out split becomes a test split never used to choose (0 = validate on it)"),
+    "test_per_class": _s("data", "test_per_class", int, "data", "class-balanced test subset per class (0 = all)"),
     "resolution": _s("data", "resolution", int, "data", "input size models are built, timed and trained at (0 = native)"),
     "space": _s("", "space", str, "search", "search space", tuple(sorted(SPACES))),
     "trials": _s("", "trials", int, "search", "total trials in the study, baselines included"),

@@ -47,6 +47,7 @@ def definition(config: SearchConfig, num_classes: int, resolution: int) -> dict[
     data, train, latency = config.data, config.train, config.latency
     return {
         "dataset": data.name, "train_per_class": data.train_per_class, "val_per_class": data.val_per_class,
+        "holdout_per_class": data.holdout_per_class,
         "data_seed": data.seed, "resolution": resolution, "num_classes": num_classes,
         "budget_ms": config.budget_ms, "budget_macs": config.budget_macs, "device": latency.device,
         "runtime": RUNTIME, "latency_batch": latency.batch, "threads": latency.threads,

@@ -7,8 +7,8 @@ Looked for in the given folder itself, then in a conventional sub-folder (``cifa
 from __future__ import annotations
 
 import pickle
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

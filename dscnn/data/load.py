@@ -51,7 +51,11 @@ class DataConfig:
     name: str = "embedded"  # one of DATASETS
     data_dir: str | None = None  # folder with the data (or its parent); None = $REPNAS_DATA; unused by embedded
     train_per_class: int = 0  # seeded class-balanced subset: at most this many per class; 0 = all
-    val_per_class: int = 0  # the same for the validation split
+    val_per_class: int = 0  # the same for the validation split (the held-out split when holdout_per_class = 0)
+    # > 0: validation = this many images per class held out of the (train_per_class) TRAINING split,
+    # seeded, and the data set's own held-out split becomes the test split, never used to choose
+    holdout_per_class: int = 0
+    test_per_class: int = 0  # class-balanced subset of the test split (holdout_per_class > 0); 0 = all
     seed: int = 0  # seed of the subset choice
     resolution: int = 0  # 0 = native size; else resize (shorter side) + centre-crop once, at load
     cache_dir: str | None = None  # None = $REPNAS_CACHE or ~/.cache/repnas/datasets
@@ -59,21 +63,39 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             raise ValueError(f"unknown dataset {self.name!r}; valid: {', '.join(DATASETS)}")
-        for field in ("train_per_class", "val_per_class", "resolution"):
+        for field in ("train_per_class", "val_per_class", "holdout_per_class", "test_per_class", "resolution"):
             if getattr(self, field) < 0:
                 raise ValueError(f"DataConfig.{field} must be >= 0, got {getattr(self, field)}")
+        if self.holdout_per_class and self.val_per_class:
+            raise ValueError("DataConfig: give holdout_per_class (validation from the training split) or "
+                             "val_per_class (a subset of the held-out split as validation), not both")
 
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """Decoded train/val splits as uint8 (N, 3, H, W) tensors plus int64 labels."""
+    """Decoded train/val (and, with a holdout, test) splits as uint8 (N, 3, H, W) tensors plus int64 labels."""
 
     name: str
     train_images: Tensor
     train_labels: Tensor
-    val_images: Tensor
+    val_images: Tensor  # what training reports and the search selects on
     val_labels: Tensor
     class_names: tuple[str, ...]
+    test_images: Tensor = dataclasses.field(default_factory=lambda: torch.zeros(0, 3, 1, 1, dtype=torch.uint8))
+    test_labels: Tensor = dataclasses.field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+
+    @property
+    def has_test(self) -> bool:
+        """A test split exists (``holdout_per_class > 0``): it is never used to choose."""
+        return len(self.test_labels) > 0
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        """(images, labels) of "train", "val" or "test"."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}: train, val or test")
+        if name == "test" and not self.has_test:
+            raise ValueError(f"{self.name}: no test split; load it with DataConfig(holdout_per_class=...)")
+        return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
 
     @property
     def num_classes(self) -> int:
@@ -92,7 +114,8 @@ class ImageDataset:
         """The same data on ``device`` (self when already there), e.g. kept on the GPU for training."""
         if self.device == torch.device(device):
             return self
-        moved = {f: getattr(self, f).to(device) for f in ("train_images", "train_labels", "val_images", "val_labels")}
+        moved = {f: getattr(self, f).to(device) for f in ("train_images", "train_labels", "val_images", "val_labels",
+                                                           "test_images", "test_labels")}
         return dataclasses.replace(self, **moved)
 
     @functools.cached_property
@@ -112,12 +135,36 @@ class ImageDataset:
     def __repr__(self) -> str:
         return (
             f"ImageDataset({self.name!r}, {self.num_classes} classes, train {len(self.train_labels)}, "
-            f"val {len(self.val_labels)}, {self.resolution}x{self.resolution})"
+            f"val {len(self.val_labels)}{f', test {len(self.test_labels)}' if self.has_test else ''}, "
+            f"{self.resolution}x{self.resolution})"
         )
 
 
 def load_dataset(config: DataConfig) -> ImageDataset:
-    """Load (decoding once, then from the cache) the data set ``config`` describes."""
+    """Load (decoding once, then from the cache) the data set ``config`` describes; with
+    ``holdout_per_class`` the validation split is carved out of the training split (seeded) and
+    the data set's own held-out split is returned as ``test``."""
+    data = _load(config)
+    return _with_holdout(data, config) if config.holdout_per_class else data
+
+
+def _with_holdout(data: ImageDataset, config: DataConfig) -> ImageDataset:
+    labels = data.train_labels.numpy()
+    chosen = balanced_subset(labels, config.holdout_per_class, config.seed + 2)
+    if len(chosen) >= len(labels) or any((labels[chosen] == c).sum() >= (labels == c).sum() for c in set(labels)):
+        raise DataError(f"{config.name}: holdout_per_class={config.holdout_per_class} leaves a class without "
+                        "training images; hold out fewer")
+    keep = np.setdiff1d(np.arange(len(labels)), chosen)
+    test = balanced_subset(data.val_labels.numpy(), config.test_per_class, config.seed + 3)
+    idx, rest = torch.as_tensor(chosen), torch.as_tensor(keep)
+    return dataclasses.replace(
+        data, train_images=data.train_images[rest], train_labels=data.train_labels[rest],
+        val_images=data.train_images[idx], val_labels=data.train_labels[idx],
+        test_images=data.val_images[torch.as_tensor(test)], test_labels=data.val_labels[torch.as_tensor(test)],
+    )
+
+
+def _load(config: DataConfig) -> ImageDataset:
     raw = read_embedded() if config.name == "embedded" else _READERS[config.name](_data_root(config))
     train = raw.train.select(balanced_subset(raw.train.labels, config.train_per_class, config.seed))
     val = raw.val.select(balanced_subset(raw.val.labels, config.val_per_class, config.seed + 1))

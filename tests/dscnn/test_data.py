@@ -217,3 +217,22 @@ def test_mixed_sizes_need_a_resolution(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="set a resolution"):
         load_dataset(DataConfig("imagefolder", data_dir=str(tmp_path)))
     assert load_dataset(DataConfig("imagefolder", data_dir=str(tmp_path), resolution=20)).resolution == 20
+
+
+def test_holdout_validation_comes_from_train_and_the_test_split_is_apart() -> None:
+    plain = load_dataset(DataConfig(train_per_class=20, val_per_class=0))
+    data = load_dataset(DataConfig(train_per_class=20, holdout_per_class=5, test_per_class=3))
+    assert len(data.val_labels) == 50 and len(data.train_labels) == 150 and len(data.test_labels) == 30
+    assert data.has_test and not plain.has_test
+    train_rows = {bytes(x.numpy()) for x in plain.train_images}
+    assert {bytes(x.numpy()) for x in data.val_images} <= train_rows  # validation held out of the train split
+    assert not {bytes(x.numpy()) for x in data.val_images} & {bytes(x.numpy()) for x in data.train_images}
+    test_rows = {bytes(x.numpy()) for x in plain.val_images}
+    assert {bytes(x.numpy()) for x in data.test_images} <= test_rows  # the data set's own held-out split
+    assert torch.equal(data.split("test")[1], data.test_labels)
+    with pytest.raises(ValueError, match="no test split"):
+        plain.split("test")
+    with pytest.raises(ValueError, match="not both"):
+        DataConfig(holdout_per_class=5, val_per_class=5)
+    with pytest.raises(DataError, match="leaves a class without training images"):
+        load_dataset(DataConfig(train_per_class=5, holdout_per_class=5))
