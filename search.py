@@ -23,6 +23,7 @@ from dscnn.data import DataError
 from searchspace import SETTINGS, RayConfig, SearchConfig, default_of, read_study_table, run_search
 from searchspace.identity import SearchError
 from searchspace.run import SearchInterrupted
+from searchspace.storage import JournalDamaged
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         result = run_search(config, console=console)
-    except (DataError, SearchError, CheckpointError) as exc:
+    except (DataError, SearchError, CheckpointError, JournalDamaged) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     except SearchInterrupted as exc:

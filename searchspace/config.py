@@ -104,8 +104,6 @@ class SearchConfig:
             raise InvalidSetting("baselines", f"unknown: {', '.join(unknown)}; valid: {', '.join(BASELINES)}")
         if self.ray is not None and self.train.device.startswith("cuda") and self.ray.gpus_per_trial <= 0:
             raise InvalidSetting("gpus_per_trial", "must be > 0 with --device cuda and --backend ray")
-        if self.latency.device != self.train.device.split(":")[0]:
-            raise ValueError(f"latency is timed on {self.latency.device} but training runs on {self.train.device}")
 
     @property
     def out_dir(self) -> Path:
@@ -177,7 +175,10 @@ SETTINGS: dict[str, Setting] = {
     "batch_size": _s("train", "batch_size", int, "proxy training", "training batch size"),
     "optimizer": _s("train", "optimizer", str, "proxy training", "optimizer", OPTIMIZERS),
     "lr": _s("train", "lr", float, "proxy training", "peak learning rate"),
-    "device": _s("*", "device", str, "device and measurement", "where models are timed and trained", DEVICES),
+    "device": _s("*", "device", str, "device and measurement", "where models are timed (and trained)", DEVICES),
+    "train_device": _s("*", "train_device", str, "device and measurement",
+                       "where models are trained when not where they are timed (e.g. a CPU budget, GPU training)",
+                       DEVICES),
     "latency_batch": _s("latency", "batch", int, "device and measurement", "batch size of the latency measurement"),
     "threads": _s("latency", "threads", int, "device and measurement", "CPU threads during latency measurement"),
     "cache": _s("", "cache_path", str, "device and measurement", "latency cache file (None: $REPNAS_CACHE or ~/.cache/repnas)"),
@@ -198,7 +199,8 @@ _SECTIONS: dict[str, type] = {"": SearchConfig, "data": DataConfig, "train": Tra
 
 def default_of(key: str) -> Any:
     """The default of a flat setting, read from its dataclass (for help texts)."""
-    special = {"budget_flops": None, "no_baselines": False, "device": "auto", "backend": "optuna"}
+    special = {"budget_flops": None, "no_baselines": False, "device": "auto", "backend": "optuna",
+               "train_device": "the --device"}
     if key in special:
         return special[key]
     setting = SETTINGS[key]
@@ -252,7 +254,8 @@ def _build(values: dict[str, Any]) -> SearchConfig:
         if key in values and not (isinstance(values[key], int) and values[key] >= 1):
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {values[key]}")
     return SearchConfig(
-        data=DataConfig(**parts["data"]), train=TrainConfig(device=device, **parts["train"]),
+        data=DataConfig(**parts["data"]),
+        train=TrainConfig(device=_resolve_device(values.get("train_device", device)), **parts["train"]),
         latency=LatencySettings(device=device, **parts["latency"]),
         ray=RayConfig(**parts["ray"]) if backend == "ray" else None, **parts[""],
     )

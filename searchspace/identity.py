@@ -50,6 +50,7 @@ def definition(config: SearchConfig, num_classes: int, resolution: int) -> dict[
         "holdout_per_class": data.holdout_per_class,
         "data_seed": data.seed, "resolution": resolution, "num_classes": num_classes,
         "budget_ms": config.budget_ms, "budget_macs": config.budget_macs, "device": latency.device,
+        "train_device": train.device,
         "runtime": RUNTIME, "latency_batch": latency.batch, "threads": latency.threads,
         "precision": latency.precision, "space": config.space, "pareto": config.pareto,
         "epochs": train.epochs, "batch_size": train.batch_size, "optimizer": train.optimizer, "lr": train.lr,

@@ -3,10 +3,11 @@
 ``--trials N`` is the study's total (every trial, in any state, counts: a FAIL is a finished
 trial too). Several workers (``search.py`` processes, or a Ray Tune driver) ask for trials from one
 study; a count-then-ask check in each of them would race at the end and add up to one extra trial
-per worker. `BoundedStudy.ask` does the check and the ask under one file lock, so on one machine
-the total is exact: trial numbers 0..N-1, none created beyond. The lock file sits beside the
-journal file (or the ``sqlite:///`` file); for server databases (PostgreSQL, MySQL) workers on
-different machines have no shared lock file, and the last few asks can race: at most
+per worker. `BoundedStudy.ask` does the check and the ask under one lock, so the total is exact:
+trial numbers 0..N-1, none created beyond. The lock is a file beside the journal file (or the
+``sqlite:///`` file); on PostgreSQL, whose workers may be on several machines, it is an advisory
+lock in the database itself, keyed by the study name (`searchspace.storage.advisory_lock`).
+Other server databases (MySQL) have neither: there the last few asks can race, at most
 ``workers - 1`` extra trials, never a lost or duplicated one.
 
 A trial lost to Ctrl-C or to a dead worker is re-run when the study resumes
@@ -20,6 +21,7 @@ enqueued (WAITING) trials are popped before new ones are created and count towar
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import warnings
 from collections.abc import Iterator
@@ -92,16 +94,24 @@ class BoundedStudy(optuna.Study):
     optimize call; catch it).
     """
 
-    def __init__(self, study: optuna.Study, total: int, lock_path: str | None) -> None:
+    def __init__(self, study: optuna.Study, total: int, lock_path: str | None, database_url: str | None = None) -> None:
         if total < 1:
             raise ValueError(f"the study total must be >= 1 trial, got {total}")
         super().__init__(study.study_name, study._storage, sampler=study.sampler, pruner=study.pruner)
         self.total = total
         self.lock_path = lock_path
+        self.database_url = database_url
 
     def locked(self) -> Any:
-        """The ask lock (a no-op context for server databases)."""
-        return _file_lock(self.lock_path) if self.lock_path else nullcontext()
+        """The ask lock: a file lock, a PostgreSQL advisory lock, or (other servers) none."""
+        if self.lock_path:
+            return _file_lock(self.lock_path)
+        if self.database_url:
+            from searchspace.storage import advisory_lock
+
+            key = int.from_bytes(hashlib.sha256(f"repnas-ask:{self.study_name}".encode()).digest()[:7], "big")
+            return advisory_lock(self.database_url, key)
+        return nullcontext()
 
     def ask(self, fixed_distributions: dict[str, BaseDistribution] | None = None) -> optuna.Trial:
         with self.locked():

@@ -111,6 +111,7 @@ def _tuner(
 ) -> tune.Tuner:
     trainable = tune.with_parameters(
         train_trial, data=data, train=config.train, lock_path=config.device_lock, train_model=train_model,
+        lock_device=config.latency.device,
     )
     trainable = tune.with_resources(trainable, {"cpu": ray_config.cpus_per_trial, "gpu": ray_config.gpus_per_trial})
     scheduler = StudyPrunerASHA(
@@ -275,14 +276,17 @@ class CheckpointCopier(tune.Callback):
 
 def train_trial(
     trial_config: dict[str, Any], *, data: ImageDataset, train: TrainConfig, lock_path: str | None,
-    train_model: RayTrainModel | None,
+    train_model: RayTrainModel | None, lock_device: str = "cpu",
 ) -> None:
-    """The Ray trainable: rebuild the architecture, train it, report every epoch, then the checkpoint."""
+    """The Ray trainable: rebuild the architecture, train it, report every epoch, then the checkpoint.
+
+    Training holds the lock of the device latencies are measured on (``lock_device``), wherever it trains.
+    """
     seed = int(trial_config.get("seed", train.seed))
     torch.manual_seed(seed)  # the same initial weights as the driver's cost step built
     train = dataclasses.replace(train, seed=seed)
     model = dscnn.build_model(dscnn.config_from_dict(json.loads(trial_config["arch"])))
-    with DeviceLock(lock_path, device=train.device).training() as slot:
+    with DeviceLock(lock_path, device=lock_device).training() as slot:
         def on_epoch(epoch: int, accuracy: float) -> None:
             if math.isnan(accuracy):
                 raise ValueError("validation accuracy is NaN")

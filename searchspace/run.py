@@ -171,7 +171,8 @@ def open_study(config: SearchConfig) -> BoundedStudy:
             f"study {config.study_name!r} in {config.storage!r} was created "
             f"{'without' if config.pareto else 'with'} --pareto; use another --study-name"
         )
-    return BoundedStudy(study, config.trials, ask_lock_path(config.storage))
+    url = config.storage if "://" in config.storage else None
+    return BoundedStudy(study, config.trials, ask_lock_path(config.storage), database_url=url)
 
 
 def _say_once(console: Console | None) -> Callable[[str], None] | None:

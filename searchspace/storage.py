@@ -79,19 +79,28 @@ def _open_rdb(storage: str) -> RDBStorage:
 def _schema_lock(url: URL) -> Iterator[None]:
     """On PostgreSQL, one process at a time opens the storage: `RDBStorage` creates Optuna's tables in an
     empty database, and workers starting together would race there (``UniqueViolation`` on
-    ``alembic_version``). A session-level advisory lock, released when its connection closes, even
-    if the process is killed."""
+    ``alembic_version``)."""
+    with advisory_lock(url, SCHEMA_LOCK_KEY):
+        yield
+
+
+@contextmanager
+def advisory_lock(url: str | URL, key: int) -> Iterator[None]:
+    """A PostgreSQL session-level advisory lock on ``key`` (a no-op on other databases): one holder
+    across every machine using the database, released when its connection closes, even if the
+    process is killed."""
+    url = make_url(url) if isinstance(url, str) else url
     if url.get_backend_name() != "postgresql":
         yield
         return
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             try:
                 yield
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
     finally:
         engine.dispose()
 

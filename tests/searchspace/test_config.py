@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import pytest
+import torch
 
 import search
 from dscnn.data import DataConfig
@@ -38,6 +40,9 @@ def test_from_mapping_merges_tables_later_wins_and_routes_each_key() -> None:
     assert config.data == DataConfig("cifar10", "/d")
     assert (config.latency.threads, config.latency.device, config.seed) == (2, "cpu", 7)
     assert config.ray is None
+    assert SearchConfig.from_mapping({"device": "cpu", "train_device": "cpu"}).train.device == "cpu"
+    with pytest.raises(ValueError, match="--device cuda: no CUDA GPU") if not torch.cuda.is_available() else nullcontext():
+        SearchConfig.from_mapping({"device": "cpu", "train_device": "cuda"})  # a CPU budget, GPU training
     ray = SearchConfig.from_mapping({"backend": "ray", "concurrency": 3, "device": "cpu"}).ray
     assert ray == RayConfig(concurrency=3)
 

@@ -85,8 +85,8 @@ def test_three_workers_one_killed_mid_trial(tmp_path: Path, postgres_url: str) -
     trials = load_study(config).trials
     assert [t.number for t in trials] == list(range(len(trials)))  # none lost, none doubled
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}  # a lost trial's re-run replaces it
-    # no shared lock across machines: the last asks may race (docs/distributed.md), at most workers - 1 extra
-    assert total <= len([t for t in trials if t.number not in retried]) <= total + 2
+    # asks hold a PostgreSQL advisory lock, so the total is exact across machines too
+    assert len([t for t in trials if t.number not in retried]) == total
     assert result.finished_trials == len(trials)
     assert trials[killed.number].state == TrialState.FAIL
     assert trials[killed.number].system_attrs["fail_reason"] == f"worker {killed.system_attrs[WORKER_ATTR]} died"

@@ -154,3 +154,10 @@ def test_search_config_json_records_the_latency_resolution_actually_used(tmp_pat
     run_search(config, show_progress=False)
     recorded = json.loads((Path(config.out_dir) / "search_config.json").read_text())
     assert recorded["latency"]["resolution"] == 32  # the embedded CIFAR-10 subset, not the default 224
+
+
+def test_a_damaged_journal_is_one_line_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "s.db").write_text('{"op_code": 0, "worker_id": "x"')  # cut mid-record
+    code = search.main(_tiny_argv(tmp_path))
+    out = capsys.readouterr()
+    assert code == 2 and "python -m searchspace.repair" in out.out and "Traceback" not in out.out + out.err
