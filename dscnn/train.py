@@ -10,14 +10,20 @@ and ``inference_mode`` and passed to ``on_epoch(epoch, accuracy)``, which is how
 to Optuna (an ``optuna.TrialPruned`` raised there propagates). A non-finite loss or logit raises
 `TrainingDiverged`; a CUDA out-of-memory error propagates unchanged. On CPU a run is deterministic
 given ``seed``.
+
+Speed (SPEC 9): training runs in the memory format a per-process probe measured faster on the
+device (`dscnn.memory_format`; the model is returned in the default format), and multi-branch
+blocks use their exact fast path (`dscnn.blocks.fast_branch`) unless ``branch_impl="reference"``.
+``train_form="online"`` trains OREPA's online form instead (`dscnn.online`, a different training
+method, converted in place); the default ``"exact"`` is the paper form. The result records all three.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,8 +33,11 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor, nn
 
+from dscnn.blocks.fast_branch import BRANCH_IMPLS, branch_impl
 from dscnn.data import ImageDataset
 from dscnn.data.augment import prepare_batch, random_crop_flip
+from dscnn.memory_format import MEMORY_FORMATS, choose_memory_format
+from dscnn.online import TRAIN_FORMS, to_online
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -70,10 +79,15 @@ class TrainConfig:
     seed: int = 0  # data order, augmentation and the model's own randomness (dropout)
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     amp: bool = False  # bfloat16 autocast (for GPUs; usually slower on CPUs)
+    memory_format: str = "auto"  # "auto" (measured per device), "channels_last" or "contiguous"
+    branch_impl: str = "fast"  # multi-branch blocks in train mode: "fast" (exact) or "reference"
+    train_form: str = "exact"  # "exact" (paper form) or "online" (OREPA; a different method)
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        for name, valid in (("optimizer", OPTIMIZERS), ("memory_format", MEMORY_FORMATS),
+                            ("branch_impl", BRANCH_IMPLS), ("train_form", TRAIN_FORMS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(valid)}")
         positive = ("epochs", "batch_size", "lr", "eval_batch_size")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -92,6 +106,10 @@ class TrainResult:
     seconds: float  # wall time, training and evaluation
     train_images_per_second: float  # training throughput, evaluation excluded
     resolution: int  # the input size the model was trained at
+    memory_format: str = "contiguous"  # the activations' layout during training
+    memory_format_probe: dict[str, Any] | None = None  # the probe's timings when "auto" decided
+    branch_impl: str = "fast"  # multi-branch blocks' train-mode implementation
+    train_form: str = "exact"  # "exact" or "online"
 
     @property
     def final_accuracy(self) -> float:
@@ -128,6 +146,8 @@ def train_and_evaluate(
             edit gradients: pruning's regularizers).
     """
     device = resolve_device(config.device)
+    if config.train_form == "online":
+        to_online(model)
     run = _Run(model.to(device), data.to(device), config, param_groups, after_backward)
     accuracies: list[float] = []
     losses: list[float] = []
@@ -135,7 +155,7 @@ def train_and_evaluate(
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []), Progress(
         console=Console(stderr=True), transient=True, disable=not progress
-    ) as bar:
+    ) as bar, branch_impl(config.branch_impl), run.in_memory_format():
         torch.manual_seed(config.seed)  # the model's own randomness (dropout, drop-path)
         task = bar.add_task("training", total=run.steps * config.epochs)
         for epoch in range(config.epochs):
@@ -147,9 +167,11 @@ def train_and_evaluate(
             if on_epoch is not None:
                 on_epoch(epoch, accuracies[-1])
     images = run.steps * run.batch * config.epochs
+    fmt = run.format_choice
     return TrainResult(
         tuple(accuracies), tuple(losses), time.perf_counter() - start, images / max(train_seconds, 1e-9),
-        run.resolution,
+        run.resolution, fmt.name, fmt.to_dict() if config.memory_format == "auto" else None,
+        config.branch_impl, config.train_form,
     )
 
 
@@ -172,6 +194,8 @@ class _Run:
         self.mean = torch.tensor(mean, device=data.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=data.device).view(1, 3, 1, 1) * 255
         self.steps, self.batch = _steps_per_epoch(len(data.train_labels), config.batch_size)
+        self.format_choice = choose_memory_format(data.device, config.memory_format)
+        self.memory_format = self.format_choice.memory_format
         self.optimizer = _optimizer(model, config, param_groups)
         warmup = round(config.warmup_epochs * self.steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -184,7 +208,16 @@ class _Run:
         self.check_every = 1 if device_type == "cpu" else 25
 
     def inputs(self, images: Tensor) -> Tensor:
-        return prepare_batch(images, self.mean, self.std, self.resolution)
+        return prepare_batch(images, self.mean, self.std, self.resolution).contiguous(memory_format=self.memory_format)
+
+    @contextmanager
+    def in_memory_format(self) -> Iterator[None]:
+        """The model's parameters in the run's memory format meanwhile, back to the default after."""
+        self.model.to(memory_format=self.memory_format)
+        try:
+            yield
+        finally:
+            self.model.to(memory_format=torch.contiguous_format)
 
     def train_epoch(self, epoch: int, advance: Callable[[], None]) -> float:
         """One pass over a fresh random order of the training split; returns its mean loss."""
@@ -246,7 +279,9 @@ def evaluate_accuracy(model: nn.Module, data: ImageDataset, config: TrainConfig)
     Uses ``config``'s device, resolution and evaluation batch size; ``model`` is moved there.
     """
     device = resolve_device(config.device)
-    return _Run(model.to(device), data.to(device), config).evaluate(0)
+    run = _Run(model.to(device), data.to(device), config)
+    with run.in_memory_format():
+        return run.evaluate(0)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig, param_groups: ParamGroups | None = None) -> torch.optim.Optimizer:
