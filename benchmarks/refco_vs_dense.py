@@ -1,16 +1,13 @@
 """CPU latency of the deploy-form RefCO against the dense 1x1 conv it replaces (docs/design.md 2.2, 4).
 
-For each width C and map size, times ``Conv2d(C, C, 1)`` and the fused ``RefCO(C, C)`` at R = 2 and
-R = 4 (smallest full-range band K) under the docs/design.md section 4 CPU protocol (batch 1, fixed threads, >= 10
-warm-up, >= 100 timed runs, median of 3 repeats), prints a table, writes JSON. The MACs column is
-fvcore's count relative to the dense conv; it includes the zeros RefCO's tiles execute.
+The layers are FalconNet's own at 224: every stage width C (32, 64, 128, 256 at 56, 28, 14, 7 pixels)
+with its expanding C -> 2C and projecting 2C -> C 1x1, each timed as ``Conv2d(C_in, C_out, 1)`` and
+as the fused RefCO (grouped 1x1 -> shuffle -> grouped 1x1) at R = 2 and R = 4 with the window K the
+model uses (`refco_kernel`). All ops of a row are timed one after the other in the same process under
+the docs/design.md section 4 CPU protocol (batch 1, fixed threads, >= 10 warm-up, >= 100 timed runs,
+median of 3 repeats); read the ratios, not the absolute times, on a shared machine. MACs are fvcore's.
 
-glibc's malloc returns large freed blocks to the OS depending on process history, so an op with
-several MB-sized intermediates (RefCO's gathers) paid 1-2 ms of page faults per call in some
-processes and not in others (0.6 vs 2.4 ms for RefCO(64) at 56x56); `dscnn.latency.pin_malloc` (applied
-by every CPU measurement) fixes glibc's mmap/trim thresholds so every op is timed with warm heap pages.
-
-    .venv/bin/python benchmarks/refco_vs_dense.py [--threads 1] [--widths 64 128 256] [--sizes 56 28]
+    flock /tmp/repnas-cpu-bench.lock .venv/bin/python benchmarks/refco_vs_dense.py [--threads 1]
 """
 
 from __future__ import annotations
@@ -25,65 +22,75 @@ import torch
 from torch import nn
 
 from dscnn import count_macs, count_params, reparameterize_model
-from dscnn.blocks.refco import RefCO, full_range_kernel
+from dscnn.blocks.refco import RefCO, refco_kernel
 from dscnn.latency import LatencySettings, measure_latency_ms, pin_malloc
 
 RESULTS = Path(__file__).parent / "results" / "refco_vs_dense.json"
+#: FalconNet's stage widths and their map sizes at 224 (stem to h/4, then /2 per stage).
+STAGES = ((32, 56), (64, 28), (128, 14), (256, 7))
+REDUCTIONS = (2, 4)
 
 
-def candidates(channels: int) -> dict[str, nn.Module]:
-    ops: dict[str, nn.Module] = {"dense": nn.Conv2d(channels, channels, 1)}
-    for r in (2, 4):
-        ops[f"refco_r{r}"] = reparameterize_model(RefCO(channels, channels, reduction=r))
+def candidates(in_channels: int, out_channels: int) -> dict[str, nn.Module]:
+    ops: dict[str, nn.Module] = {"dense": nn.Conv2d(in_channels, out_channels, 1)}
+    for r in REDUCTIONS:
+        ops[f"refco_r{r}"] = reparameterize_model(RefCO(in_channels, out_channels, reduction=r))
     return ops
 
 
-def measure(channels: int, size: int, threads: int) -> dict[str, Any]:
-    settings = LatencySettings(resolution=size, in_channels=channels, threads=threads)
-    row: dict[str, Any] = {"channels": channels, "size": size}
-    for name, op in candidates(channels).items():
-        result = measure_latency_ms(op, settings)
+def measure(in_channels: int, out_channels: int, size: int, threads: int) -> dict[str, Any]:
+    settings = LatencySettings(resolution=size, in_channels=in_channels, threads=threads)
+    row: dict[str, Any] = {"in_channels": in_channels, "out_channels": out_channels, "size": size}
+    for name, op in candidates(in_channels, out_channels).items():
+        result = measure_latency_ms(op.eval(), settings)
         row[name] = {
             "latency_ms": result.median_ms, "spread": result.spread, "noisy": result.noisy,
-            "params": count_params(op), "macs": _macs(op, channels, size),
+            "params": count_params(op), "macs": count_macs(op, size, in_channels=in_channels),
         }
-    for r in (2, 4):
-        row[f"refco_r{r}"]["kernel"] = full_range_kernel(channels, channels, r)
+    dense_ms = row["dense"]["latency_ms"]
+    for r in REDUCTIONS:
+        op = row[f"refco_r{r}"]
+        op["kernel"] = refco_kernel(in_channels, out_channels, r)
+        op["latency_vs_dense"] = op["latency_ms"] / dense_ms
     return row
 
 
-def _macs(op: nn.Module, channels: int, size: int) -> int:
-    # count_macs feeds 1 x in_channels x size x size, as the timing does.
-    return count_macs(op, size, in_channels=channels)
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = " | ".join(f"R={r}  K  x dense  params  MACs" for r in REDUCTIONS)
+    print(f"{'C_in->C_out':>11} {'HxW':>6} | {head}")
+    for row in rows:
+        cells = [f"{row['in_channels']:>4}->{row['out_channels']:<4} {row['size']:>3}^2"]
+        dense = row["dense"]
+        for r in REDUCTIONS:
+            op = row[f"refco_r{r}"]
+            cells.append(
+                f"   {op['kernel']:>3} {op['latency_vs_dense']:>7.2f} {op['params'] / dense['params']:>7.3f}"
+                f" {op['macs'] / dense['macs']:>5.3f}"
+            )
+        noisy = any(row[name]["noisy"] for name in ("dense", *(f"refco_r{r}" for r in REDUCTIONS)))
+        print(" | ".join(cells) + ("  (noisy repeats)" if noisy else ""))
+    print("x dense = RefCO latency / dense 1x1 latency (same run); params and MACs also relative to dense")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[56, 28])
+    parser.add_argument("--expansion", type=int, default=2, help="λ of the MetaLightBlocks (FalconNet: 2)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     pinned = pin_malloc()  # measure_latency_ms pins too; recorded for the JSON
     torch.manual_seed(0)
-    rows = [measure(c, s, args.threads) for c in args.widths for s in args.sizes]
-    print(f"{'C':>4} {'HxW':>6} | {'dense ms':>9} | {'R=2 K':>5} {'ms':>7} {'x dense':>7} {'MACs':>5} |"
-          f" {'R=4 K':>5} {'ms':>7} {'x dense':>7} {'MACs':>5}")
-    for row in rows:
-        dense = row["dense"]
-        cells = [f"{row['channels']:>4} {row['size']:>3}^2 | {dense['latency_ms']:>9.3f}"]
-        for r in (2, 4):
-            op = row[f"refco_r{r}"]
-            cells.append(
-                f"{op['kernel']:>5} {op['latency_ms']:>7.3f} {op['latency_ms'] / dense['latency_ms']:>7.2f}"
-                f" {op['macs'] / dense['macs']:>5.2f}"
-            )
-        noisy = any(row[name]["noisy"] for name in ("dense", "refco_r2", "refco_r4"))
-        print(" | ".join(cells) + ("  (noisy repeats)" if noisy else ""))
+    rows = []
+    for channels, size in STAGES:
+        hidden = args.expansion * channels
+        rows += [measure(channels, hidden, size, args.threads), measure(hidden, channels, size, args.threads)]
+    print_table(rows)
     payload = {
-        "protocol": "CPU, batch 1, fp32, NCHW, median of 3 repeats x 100 timed runs after 10 warm-up",
-        "threads": args.threads, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "macs": "fvcore multiply-accumulates (index_select gathers are not counted)",
+        "protocol": "CPU, batch 1, fp32, NCHW, median of 3 repeats x 100 timed runs after 10 warm-up; "
+                    "the ops of a row timed one after the other in one process",
+        "threads": args.threads, "expansion": args.expansion, "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "macs": "fvcore multiply-accumulates (the index_select shuffle is not counted)",
         "malloc_pinned": pinned,
         "rows": rows,
     }

@@ -18,8 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dscnn._registry import create_model, list_models
+from dscnn.blocks.refco import RefCO
 from dscnn.complexity import count_macs, count_params, deploy_copy
-from dscnn.models.base import resolve_stem_stride
+from dscnn.models.base import ClassifierModel, resolve_stem_stride
+from dscnn.repmix_sweep import repmix_sweep, sweep_lines
 
 CONVENTION = "MACs = fvcore multiply-accumulates of the deploy form, batch 1 (docs/design.md section 0)"
 
@@ -59,17 +61,23 @@ def _counts(name: str, resolution: int | None = None, num_classes: int | None = 
     """Counts of model ``name`` at its default config, or at the given resolution/classes."""
     overrides = {k: v for k, v in (("resolution", resolution), ("num_classes", num_classes)) if v is not None}
     model = create_model(name, **overrides)
-    config = model.config  # type: ignore[union-attr]
+    assert isinstance(model, ClassifierModel)
+    config = model.config
     deployed = deploy_copy(model)
     stem = getattr(config, "stem_stride", None)
-    return {
+    counts = {
         "resolution": config.resolution,
         "num_classes": config.num_classes,
         "stem_stride": None if stem is None else resolve_stem_stride(stem, config.resolution),
         "params_train": count_params(model),
         "params_deploy": count_params(deployed),
         "macs_deploy": count_macs(deployed, config.resolution),
+        "config": config.to_dict(),
     }
+    refcos = {f"{m.in_channels}->{m.out_channels}": m.kernel for m in model.modules() if isinstance(m, RefCO)}
+    if refcos:
+        counts["refco_kernels"] = refcos  # the window K each RefCO width pair uses
+    return counts
 
 
 def _counts_at(name: str, default: dict[str, Any], resolution: int, num_classes: int) -> dict[str, Any]:
@@ -145,9 +153,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no registry model matches {args.models!r}; registered: {', '.join(list_models())}")
     rows = [zoo_row(name) for name in names]
     render(rows)
+    report: dict[str, Any] = {"convention": CONVENTION, "models": rows}
+    for r in rows:
+        if "refco_kernels" in r:
+            pairs = ", ".join(f"{k}: K={v}" for k, v in r["refco_kernels"].items())
+            print(f"{r['model']} RefCO windows (C_in->C_out: K): {pairs}")
+    if "dscnn_t0" in names:  # the model DSCNN's Table 6 sweeps
+        report["repmix_sweep"] = repmix_sweep("dscnn_t0")
+        print("\n".join(sweep_lines(report["repmix_sweep"])))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"convention": CONVENTION, "models": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -3,7 +3,7 @@
 from dscnn.blocks.acb import ACBlock
 from dscnn.blocks.branch_conv import BranchConv
 from dscnn.blocks.ffn import ConvFFN
-from dscnn.blocks.refco import RefCO, SFConv, full_range_kernel
+from dscnn.blocks.refco import RefCO, refco_kernel, refco_weight_count
 from dscnn.blocks.repaso import ABLATION_BRANCH_SETS, BranchSet, RepASO, RepSO, parse_branch_set
 from dscnn.blocks.replk import RepLKConv
 from dscnn.blocks.repmix import RepMiX
@@ -12,6 +12,6 @@ from dscnn.blocks.scconv import CRU, SCConv, SRU
 
 __all__ = [
     "ABLATION_BRANCH_SETS", "ACBlock", "BranchConv", "BranchSet", "CRU", "ConvFFN", "RefCO", "RepASO",
-    "RepLKConv", "RepMiX", "RepSO", "RepVGGBlock", "SCConv", "SFConv", "SRU", "full_range_kernel",
-    "parse_branch_set",
+    "RepLKConv", "RepMiX", "RepSO", "RepVGGBlock", "SCConv", "SRU", "parse_branch_set", "refco_kernel",
+    "refco_weight_count",
 ]

@@ -1,205 +1,125 @@
-"""RefCO: a re-parameterized, sparsely factorised channel operator -- OUR design (SPEC 2.2).
+"""RefCO: FalconNet's re-parameterized factorised channel operator (docs/design.md 2.2).
 
 FalconNet (Cai et al., "FalconNet: Factorization for the Light-weight ConvNets", 2023) replaces the
-1x1 convs of its blocks with "RefCO". The paper's details of RefCO were not retrievable, so this
-module implements the reading fixed in SPEC 2.2 and is not claimed to be the paper's operator.
+dense 1x1 convs of its blocks with RefCO, two sparse "SF-Convs" that together keep full receptive
+range (every output depends on every input channel):
 
-SF-Conv (banded 1x1 conv): output channel ``o`` reads ``K`` consecutive input channels starting
-at ``floor(o * C_in / C_out)``, with its own weights: ``C_out * K`` weights instead of
-``C_in * C_out``.
+- First SF-Conv: each pixel's ``C_in`` channel values are cut into ``C_in/K`` non-overlapping
+  windows of ``K`` channels; each window has its own weights and emits ``K/R`` values. That is a
+  grouped 1x1 conv ``C_in -> C_in/R`` with ``C_in/K`` groups; hidden channel ``w*(K/R) + j`` is
+  slot ``j`` of window ``w``. Weights: ``C_in*K/R``.
+- Channel shuffle ``(w, j) -> (j, w)`` (ShuffleNet's), so slot ``j`` of every window sits together.
+- Second SF-Conv: a grouped 1x1 conv ``C_in/R -> C_out`` with ``K/R`` groups; group ``j`` reads
+  slot ``j`` of all ``C_in/K`` windows, hence all ``C_in`` inputs. Weights: ``C_in*C_out/K``.
 
-Interpretations (ours):
-- Bands wrap around modulo ``C_in``, so every output reads exactly ``K`` channels.
-- The bottleneck is ``min(C_in, C_out) / R`` channels (R times narrower than the narrower end), so
-  both the expanding and the projecting operator of an inverted bottleneck save weights.
-- ``K`` is one band width for both stages, clipped to each stage's input width. It must give full
-  receptive range; `full_range_kernel` returns the smallest such ``K``.
-- "Several SF-Conv pairs in parallel" would be a sum of products, which is not one product of
-  summed weights. To keep the fusion exact, the parallelism sits *inside* each stage: each stage is
-  a sum of parallel banded conv-BN branches with the same band geometry, fused into one banded conv.
-  The two stages stay two sparse ops in the deploy form, with no activation between them.
+Total ``C_in*K/R + C_in*C_out/K`` weights, smallest at ``K = sqrt(R*C_out)``; with
+``C_out = λ*C_in`` that is the paper's ``K = sqrt(λ*R*C)`` and ``2*C*sqrt(λ*C/R)`` weights instead
+of the dense ``λ*C²`` (C=64, λ=2, R=2: K=16, 512 + 512 = 1,024 weights against 8,192).
 
-Implementation: outputs are cut into tiles of consecutive channels (`tile_outputs`); a fixed
-channel gather (index buffer) collects each tile's input window, and one grouped 1x1 Conv2d (one
-group per tile) applies the bands, so every fused leaf is a plain Conv2d. Inside a tile the kernel
-carries zeros at the band's corners: the MACs counted for RefCO include them (they are executed).
-A gather plus one grouped conv per band (one group per output) was 7-100x slower than the dense
-1x1 on CPU; tiles of up to 64 outputs are what made the operator competitive.
+Training form: each stage is a sum of ``branches`` parallel grouped-1x1 conv-BN branches (a
+`BranchConv`), so each stage fuses exactly into one grouped 1x1 + bias; the deploy form is
+grouped 1x1 -> shuffle -> grouped 1x1.
+
+interpretation:
+- ``C_in -> C_out`` generalises the paper's ``C -> λC``: the hidden width is ``C_in/R`` and λ is
+  ``C_out/C_in``, so the same operator serves MetaLightBlock's expanding (C -> λC, K = sqrt(λRC))
+  and projecting (λC -> C, K = sqrt(RC)) 1x1s.
+- Valid K: ``K`` divides ``C_in``, ``R`` divides ``K`` and ``K/R`` divides ``C_out``. When
+  ``sqrt(R*C_out)`` is not valid, `refco_kernel` takes the valid K nearest to it on a log scale,
+  which is the valid K with the fewest weights; on a tie (e.g. sqrt(128) between 8 and 16, equal
+  weights) the smaller K. Powers of two tie whenever ``R*C_out`` is an odd power of two.
+- No activation between the two stages (the paper fuses each stage, not the pair; the pair is two
+  convs in the deploy form).
+- The shuffle is an ``index_select`` with a fixed permutation buffer: one gather of ``C_in/R``
+  planes, exported as one ONNX Gather, which pruning's coupling analysis recognises (and skips).
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from fractions import Fraction
 
-from dscnn.fusion import Branch, conv_from_branch, fold_bn_module, sum_branches
+import torch
+from torch import Tensor
+
+from dscnn.blocks.branch_conv import BranchConv
 from dscnn.reparam import Reparameterizable
 
 
-def band_geometry(in_channels: int, out_channels: int) -> tuple[int, int]:
-    """(number of distinct bands, channel stride between band starts) of an SF-Conv.
-
-    Reducing (``C_in >= C_out``): one band per output, starts ``C_in / C_out`` apart. Expanding:
-    one band per input channel, each shared by ``C_out / C_in`` consecutive outputs.
-    """
-    big, small = max(in_channels, out_channels), min(in_channels, out_channels)
-    if small < 1 or big % small:
+def valid_kernels(in_channels: int, out_channels: int, reduction: int) -> list[int]:
+    """Window sizes K that factorise ``C_in -> C_out`` at reduction R, ascending."""
+    if reduction < 1 or in_channels % reduction:
         raise ValueError(
-            f"SF-Conv {in_channels}->{out_channels}: one channel count must be a multiple of the other"
+            f"RefCO {in_channels}->{out_channels}: reduction R={reduction} must be >= 1 and divide the "
+            f"input width {in_channels}"
         )
-    if in_channels >= out_channels:
-        return out_channels, in_channels // out_channels
-    return in_channels, 1
+    return [
+        k for k in range(reduction, in_channels + 1, reduction)
+        if in_channels % k == 0 and out_channels % (k // reduction) == 0
+    ]
 
 
-def tile_outputs(in_channels: int, out_channels: int) -> int:
-    """Outputs per tile: the largest divisor of ``C_out`` up to 64 (and up to ``C_out / 2``, so there
-    are at least two tiles) whose band starts span at most 64 input channels.
+def refco_kernel(in_channels: int, out_channels: int, reduction: int = 2, requested: int = 0) -> int:
+    """The K a RefCO uses: the valid K nearest (log scale, ties to the smaller) to ``requested``,
+    or to the weight-minimising ``sqrt(R * C_out)`` when ``requested`` is 0.
 
-    A tile's outputs read one contiguous window of ``span + K`` input channels, computed as one dense
-    block of a grouped conv. Bigger tiles mean fewer, larger GEMMs but more zeros at the band's
-    corners; tiles of 16-64 outputs were the fastest in CPU prototypes of this benchmark
-    (``benchmarks/refco_vs_dense.py``); tiles of 4-8 outputs were up to 2x slower.
+    Nearest to ``sqrt(R * C_out)`` on a log scale is the same as fewest weights, which is compared
+    in exact integers so that ties (equal weights) are found exactly.
     """
-    limit = max(1, min(64, 64 * out_channels // in_channels, out_channels // 2))
-    return max(d for d in range(1, limit + 1) if out_channels % d == 0)
+    valid = valid_kernels(in_channels, out_channels, reduction)
+    if requested <= 0:
+        return min(valid, key=lambda k: (refco_weight_count(in_channels, out_channels, reduction, k), k))
+    return min(valid, key=lambda k: (Fraction(max(k, requested), min(k, requested)), k))
 
 
-class SFConv(Reparameterizable):
-    """Banded 1x1 conv: a sum of ``branches`` parallel banded conv-BN branches (one conv after fusion).
-
-    Parameters are the bands themselves, ``weight[branch, o, j]`` for input channel
-    ``(start(o) + j) % C_in``. Forward: gather each tile's input window once (index buffer), then a
-    grouped 1x1 conv, one group per tile, whose kernel holds the band and zeros at the band's corners
-    (scattered from the band parameters, so the zeros get no gradient and stay zero).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, *, branches: int = 1) -> None:
-        super().__init__()
-        if kernel < 1 or branches < 1:
-            raise ValueError(f"SF-Conv: kernel ({kernel}) and branches ({branches}) must be >= 1")
-        bands, stride = band_geometry(in_channels, out_channels)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel = min(kernel, in_channels)  # a wider band would read channels twice
-        starts = torch.arange(out_channels) // (out_channels // bands) * stride
-        tile = tile_outputs(in_channels, out_channels)
-        self.tiles = out_channels // tile
-        tile_starts = starts[::tile]
-        span = int((starts[tile - 1 :: tile] - tile_starts).max())
-        self.window = min(span + self.kernel, in_channels)
-        index = (tile_starts[:, None] + torch.arange(self.window)) % in_channels
-        # Column of (o, j) inside its tile's window; modulo only matters when the window is all of C_in.
-        column = (starts - tile_starts.repeat_interleave(tile))[:, None] + torch.arange(self.kernel)
-        slots = torch.arange(out_channels)[:, None] * self.window + column % in_channels
-        # Not persistent: both are fixed by the geometry, so checkpoints need not carry them.
-        self.register_buffer("index", index.flatten(), persistent=False)
-        self.register_buffer("slots", slots.flatten(), persistent=False)
-        bound = self.kernel**-0.5  # nn.Conv2d's default init for a fan-in of K
-        self.weight = nn.Parameter(torch.empty(branches, out_channels, self.kernel).uniform_(-bound, bound))
-        self.bns = nn.ModuleList(nn.BatchNorm2d(out_channels) for _ in range(branches))
-        self.fused: nn.Conv2d | None = None
-
-    @property
-    def is_reparameterized(self) -> bool:
-        return self.fused is not None
-
-    def tile_kernel(self, band: Tensor) -> Tensor:
-        """The grouped-conv kernel ``(C_out, window, 1, 1)`` holding ``band`` ``(C_out, K)``."""
-        flat = band.new_zeros(self.out_channels * self.window).scatter(0, self.slots, band.flatten())
-        return flat.view(self.out_channels, self.window, 1, 1)
-
-    def band_branches(self) -> list[Branch]:
-        """Each branch's band ``(C_out, K, 1, 1)`` with its BN folded, plus bias."""
-        return [fold_bn_module(w[..., None, None], None, bn) for w, bn in zip(self.weight, self.bns)]
-
-    def reparameterize(self) -> None:
-        if self.fused is not None:
-            return
-        with torch.no_grad():
-            band, bias = sum_branches(self.band_branches(), (1, 1))  # exact: the branches are linear
-            template = nn.Conv2d(
-                self.tiles * self.window, self.out_channels, 1, groups=self.tiles, device="meta"
-            )
-            self.fused = conv_from_branch(template, (self.tile_kernel(band.flatten(1)), bias))
-        del self.weight, self.bns
-
-    def forward(self, x: Tensor) -> Tensor:
-        windows = x.index_select(1, self.index)
-        if self.fused is not None:
-            return self.fused(windows)
-        out = sum(
-            bn(F.conv2d(windows, self.tile_kernel(w), groups=self.tiles)) for w, bn in zip(self.weight, self.bns)
-        )
-        assert isinstance(out, Tensor)
-        return out
+def refco_weight_count(in_channels: int, out_channels: int, reduction: int, kernel: int) -> int:
+    """Deploy-form weights (biases excluded) of a RefCO: ``C_in*K/R + C_in*C_out/K``."""
+    return in_channels * kernel // reduction + in_channels * out_channels // kernel
 
 
-def refco_bottleneck(in_channels: int, out_channels: int, reduction: int) -> int:
-    """Width between RefCO's two SF-Convs; a clear error when the channel counts do not fit."""
-    narrow = min(in_channels, out_channels)
-    if reduction < 1 or narrow % reduction:
-        raise ValueError(
-            f"RefCO {in_channels}->{out_channels}: reduction R={reduction} must be >= 1 and divide "
-            f"min(in, out)={narrow}"
-        )
-    mid = narrow // reduction
-    if in_channels % mid or out_channels % mid:
-        raise ValueError(
-            f"RefCO {in_channels}->{out_channels}: bottleneck {mid} (= {narrow}/R) must divide both widths"
-        )
-    return mid
-
-
-def _is_full_range(in_channels: int, mid: int, kernel: int) -> bool:
-    # An output reads k2 consecutive bottleneck channels; bottleneck channel m reads inputs
-    # [m*s1, m*s1 + k1). Their union is one contiguous run of (k2 - 1)*s1 + k1 inputs when k1 >= s1.
-    s1 = in_channels // mid
-    k1, k2 = min(kernel, in_channels), min(kernel, mid)
-    return k1 >= s1 and (k2 - 1) * s1 + k1 >= in_channels
-
-
-def full_range_kernel(in_channels: int, out_channels: int, reduction: int = 2) -> int:
-    """Smallest band width K for which every RefCO output depends on every input channel."""
-    mid = refco_bottleneck(in_channels, out_channels, reduction)
-    return next(k for k in range(1, in_channels + 1) if _is_full_range(in_channels, mid, k))
+def shuffle_index(windows: int, slots: int) -> Tensor:
+    """Permutation taking hidden channels ordered (window, slot) to (slot, window)."""
+    return torch.arange(windows * slots).reshape(windows, slots).T.flatten()
 
 
 class RefCO(Reparameterizable):
-    """Two SF-Convs ``C_in -> min(C_in, C_out)/R -> C_out``, each a sum of parallel banded conv-BNs.
+    """Grouped 1x1 ``C_in -> C_in/R`` (``C_in/K`` groups) -> shuffle -> grouped 1x1 ``-> C_out`` (``K/R`` groups).
 
     Args:
         in_channels: input channels.
         out_channels: output channels.
-        reduction: R, how many times narrower the bottleneck is than the narrower end.
-        kernel: band width K of both SF-Convs; ``None`` = `full_range_kernel`. Smaller values are
-            refused because some outputs would not see every input.
-        branches: parallel banded conv-BN branches per stage in the training form.
+        reduction: R, hidden width ``C_in / R``.
+        kernel: window size K; ``None`` (or 0) = `refco_kernel`'s choice. An invalid K is an error.
+        branches: parallel conv-BN branches per stage in the training form.
     """
 
     def __init__(
         self, in_channels: int, out_channels: int, *, reduction: int = 2, kernel: int | None = None, branches: int = 2
     ) -> None:
         super().__init__()
-        mid = refco_bottleneck(in_channels, out_channels, reduction)
-        smallest = full_range_kernel(in_channels, out_channels, reduction)
-        kernel = smallest if kernel is None else kernel
-        if kernel < smallest:
+        valid = valid_kernels(in_channels, out_channels, reduction)
+        kernel = kernel or refco_kernel(in_channels, out_channels, reduction)
+        if kernel not in valid:
             raise ValueError(
-                f"RefCO {in_channels}->{out_channels} (R={reduction}): kernel {kernel} leaves outputs blind "
-                f"to some input channels; the smallest full-range kernel is {smallest}"
+                f"RefCO {in_channels}->{out_channels} (R={reduction}): K={kernel} must divide {in_channels}, "
+                f"be a multiple of R and K/R must divide {out_channels}; valid K: {valid}"
             )
-        self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid
-        self.reduce = SFConv(in_channels, mid, kernel, branches=branches)
-        self.expand = SFConv(mid, out_channels, kernel, branches=branches)
+        if branches < 1:
+            raise ValueError(f"RefCO: branches must be >= 1, got {branches}")
+        self.in_channels, self.out_channels, self.reduction, self.kernel = in_channels, out_channels, reduction, kernel
+        windows, slots = in_channels // kernel, kernel // reduction
+        hidden = windows * slots
+        self.first = BranchConv(in_channels, hidden, [(1, 1)] * branches, groups=windows)
+        self.second = BranchConv(hidden, out_channels, [(1, 1)] * branches, groups=slots)
+        # Fixed by the geometry: not persistent, so checkpoints need not carry it.
+        self.register_buffer("shuffle", shuffle_index(windows, slots), persistent=False)
 
     @property
     def is_reparameterized(self) -> bool:
-        return self.reduce.is_reparameterized and self.expand.is_reparameterized
+        return self.first.is_reparameterized and self.second.is_reparameterized
 
     def reparameterize(self) -> None:
-        self.reduce.reparameterize()
-        self.expand.reparameterize()
+        self.first.reparameterize()
+        self.second.reparameterize()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.expand(self.reduce(x))
+        return self.second(self.first(x).index_select(1, self.shuffle))

@@ -19,6 +19,21 @@ default). The other reading, r parallel full-channel DW branches of kernels 3..2
 ``layout="parallel"``; `MIX_LAYOUTS` is the one place that maps r to kernels. With the split
 reading, when ``channels % r != 0`` the first ``channels % r`` groups get one channel more
 (40 channels, r=3 -> 14, 13, 13).
+
+How RepMiX "fuses information between different channels and spatial locations" (the abstract):
+this module alone is depthwise, so it mixes spatial locations at r scales within each channel and
+no channels. The abstract says RepMiX follows the depthwise-separable (DS-Conv) idea: RepMiX is the
+depthwise half and the pointwise convs that follow it are the channel half. In DSCNN's stem
+(Table 1: 3x3 conv, RepMixer, FFN) that is the ConvFFN's two 1x1 convs, as in FastViT's RepMixer
+block; where the model places RepMiX in its blocks too (`DSCNNConfig.repmix_placement`), the
+MetaLightBlock's 1x1 convs around or after it. A channel-mixing term inside the mixer would stop
+the deploy form from being one depthwise conv, which the re-parameterization is for.
+
+Which placement: `dscnn.repmix_sweep` sweeps r = 1..4 for each placement and layout beside Table 6.
+In the stem alone a step of r adds a few hundred parameters against the table's ~60k; a RepMiX
+after the spatial operator of every block ("hidden", split) fits the table's steps best, but costs
+DSCNN_T0 0.40 GMACs against Table 1's 0.32G, so the models keep the stem-only placement (see
+`dscnn.models.dscnn`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
-"""FalconNet (Cai et al., "FalconNet: Factorization for the Light-weight ConvNets", 2023), SPEC 3.
+"""FalconNet (Cai et al., "FalconNet: Factorization for the Light-weight ConvNets", 2023), docs/design.md section 3.
 
 LightNet macro layout: a stem to h/4, four stages of MetaLightBlocks (RepSO spatial operator,
 RefCO channel operators), 2x2 stride-2 group-wise merge convs between stages, then a 1x1 head
 conv, global pooling and a linear classifier.
 
-interpretation: the paper's tables and RefCO details were not retrievable. RefCO is our design
-(`dscnn.blocks.refco`); counts reported for these models are ours, not the paper's. Further choices:
+interpretation: the paper's tables were not retrievable; counts reported for these models are ours,
+not the paper's. RefCO follows the paper's SF-Conv text (`dscnn.blocks.refco`): every expanding
+C -> λC and projecting λC -> C 1x1 of a MetaLightBlock is a RefCO with window K = the valid K
+nearest sqrt(R * C_out) (`refco_kernel`). At the default widths (32, 64, 128, 256), λ=2, R=2 that is
+K = 8, 16, 16, 32 for the expanding and 8, 8, 16, 16 for the projecting RefCOs (sqrt(128) and
+sqrt(512) tie between two powers of two; the smaller is taken). Further choices:
 - Stem ``3x3 conv s2 -> [3x3 DW -> 1x1 PW] + identity -> 3x3 DW s2``, all ``widths[0]`` wide; an
   activation follows the first conv, the inner DW and the last DW, none after the residual add.
   Stem stride 2 keeps the first conv's stride, stride 1 drops both.
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 
 from dscnn._registry import register_family, register_model
 from dscnn.blocks.metalight import ChannelFactory, MetaLightBlock, SpatialFactory
-from dscnn.blocks.refco import RefCO, full_range_kernel
+from dscnn.blocks.refco import RefCO, refco_kernel
 from dscnn.blocks.repaso import RepSO
 from dscnn.blocks.scconv import scconv_for_width
 from dscnn.config import ArchConfig
@@ -43,9 +47,9 @@ class FalconNetConfig(ArchConfig):
     widths: tuple[int, ...] = (32, 64, 128, 256)  # channels per stage; the stem outputs widths[0]
     depths: tuple[int, ...] = (3, 3, 9, 3)  # MetaLightBlocks per stage
     expansion: float = 2.0  # λ: MetaLightBlock hidden width = round(λ * stage width)
-    refco_reduction: int = 2  # R: RefCO bottleneck = min(in, out) / R channels
-    refco_kernel: int = 0  # K: SF-Conv band; each RefCO uses max(K, its smallest full-range band)
-    refco_branches: int = 2  # parallel banded conv-BN branches per RefCO stage (train form only)
+    refco_reduction: int = 2  # R: a RefCO C_in -> C_out has C_in / R hidden channels
+    refco_kernel: int = 0  # K: RefCO window; 0 = nearest valid sqrt(R * C_out), else the valid K nearest this
+    refco_branches: int = 2  # parallel grouped-1x1 conv-BN branches per RefCO stage (train form only)
     n_3x3: int = 3  # RepSO's parallel 3x3 depthwise copies
     activation: str = "relu"  # name in dscnn.layers.ACTIVATIONS
     head_dim: int = 1280  # channels of the 1x1 head conv before pooling
@@ -126,7 +130,7 @@ def _validate(config: FalconNetConfig) -> None:
 def _channel_factory(config: FalconNetConfig) -> ChannelFactory:
     def build(in_channels: int, out_channels: int) -> nn.Module:
         r = config.refco_reduction
-        kernel = max(config.refco_kernel, full_range_kernel(in_channels, out_channels, r))
+        kernel = refco_kernel(in_channels, out_channels, r, config.refco_kernel)
         return RefCO(in_channels, out_channels, reduction=r, kernel=kernel, branches=config.refco_branches)
 
     return build
@@ -147,7 +151,7 @@ def _build(defaults: FalconNetConfig, overrides: dict[str, Any]) -> FalconNet:
 
 @register_model
 def falconnet(**overrides: Any) -> FalconNet:
-    """FalconNet (Cai et al. 2023) with λ=2, R=2, RepSO + RefCO (our RefCO reading, SPEC 2.2)."""
+    """FalconNet (Cai et al. 2023) with λ=2, R=2, RepSO + RefCO (the paper's SF-Conv pair, docs/design.md 2.2)."""
     return _build(FalconNetConfig(), overrides)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 import dscnn
 from dscnn.blocks.metalight import MetaLightBlock
-from dscnn.blocks.refco import RefCO, full_range_kernel
+from dscnn.blocks.refco import RefCO, refco_kernel
 from dscnn.blocks.repaso import RepSO
 from dscnn.blocks.scconv import SCConv
 from dscnn.models.falconnet import FalconNet, FalconNetConfig
@@ -38,15 +38,16 @@ def test_layout_merge_and_operators() -> None:
     assert all(isinstance(b.expand, RefCO) and isinstance(b.project, RefCO) for b in blocks)
     assert isinstance(blocks[1].spatial, SCConv) and isinstance(blocks[0].spatial, RepSO)
     assert len(blocks[0].spatial.branches) == 3 + 3  # n_3x3 copies of 3x3, then 1x3, 3x1, 1x1
-    assert blocks[0].expand.reduce.kernel == full_range_kernel(8, 16, 2)
+    # sqrt(2 * 16) = 5.7: K = 4 and 8 tie at 48 weights; the smaller is taken
+    assert blocks[0].expand.kernel == refco_kernel(8, 16, 2) == 4
 
 
-def test_refco_kernel_is_raised_to_full_range() -> None:
+def test_refco_kernel_is_snapped_to_a_valid_window() -> None:
     model = FalconNet(FalconNetConfig(**TINY, refco_kernel=6))
     for m in model.modules():
         if isinstance(m, RefCO):
-            wanted = max(6, full_range_kernel(m.in_channels, m.out_channels, 2))
-            assert m.reduce.kernel == min(wanted, m.in_channels)
+            assert m.kernel == refco_kernel(m.in_channels, m.out_channels, 2, requested=6)
+            assert m.kernel in (4, 8) and m.in_channels % m.kernel == 0
 
 
 @pytest.mark.parametrize("stem_stride,size", [(1, 4), (2, 2), (4, 1)])

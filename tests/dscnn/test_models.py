@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -9,16 +11,29 @@ import dscnn
 from tests.contracts import assert_deploy_equivalent
 
 ALL_MODELS = dscnn.list_models()
+#: Registry models with non-default overrides that change the graph, run through the same contract:
+#: every RepMiX reading (placement x layout), DSCNN's Table-1 stem at strides 4 and 2 and the old
+#: patch stem (a 32x32 input otherwise gets the stride-1 stem), RefCO with R=4 and an explicit K.
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    *(("dscnn_t0", {"repmix_placement": p, "repmix_layout": lay})
+      for p in ("stem", "blocks", "hidden") for lay in ("split", "parallel") if (p, lay) != ("stem", "split")),
+    ("dscnn_t0", {"stem_stride": 4}), ("dscnn_t0", {"stem_stride": 2}), ("dscnn_t0", {"stem_stride": 4, "stem_kernel": 0}),
+    ("falconnet", {"refco_reduction": 4, "refco_kernel": 8}),
+]
+CASES = [pytest.param(name, {}, id=name) for name in ALL_MODELS] + [
+    pytest.param(name, overrides, id=f"{name}[{','.join(f'{k}={v}' for k, v in overrides.items())}]")
+    for name, overrides in VARIANTS
+]
 
 
-def _small(name: str) -> torch.nn.Module:
+def _small(name: str, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
-    return dscnn.create_model(name, num_classes=10, resolution=32)
+    return dscnn.create_model(name, num_classes=10, resolution=32, **(overrides or {}))
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_forward_backward(name: str) -> None:
-    model = _small(name)
+@pytest.mark.parametrize("name,overrides", CASES)
+def test_forward_backward(name: str, overrides: dict[str, Any]) -> None:
+    model = _small(name, overrides)
     model.train()
     x = torch.randn(2, 3, 32, 32)
     y = model(x)
@@ -29,14 +44,14 @@ def test_forward_backward(name: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_deploy_equivalence(name: str, dtype: torch.dtype) -> None:
-    assert_deploy_equivalent(_small(name), torch.randn(2, 3, 32, 32), dtype)
+@pytest.mark.parametrize("name,overrides", CASES)
+def test_deploy_equivalence(name: str, overrides: dict[str, Any], dtype: torch.dtype) -> None:
+    assert_deploy_equivalent(_small(name, overrides), torch.randn(2, 3, 32, 32), dtype)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_interface(name: str) -> None:
-    model = _small(name).eval()
+@pytest.mark.parametrize("name,overrides", CASES)
+def test_interface(name: str, overrides: dict[str, Any]) -> None:
+    model = _small(name, overrides).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         logits = model.forward_head(model.forward_features(x))
