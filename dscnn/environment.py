@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import subprocess
 from typing import Any
 
 import torch
@@ -46,6 +47,14 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         env["torchvision"] = torchvision.__version__
     except ImportError:
         pass
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+        env["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        pass
+    env.update(machine_state())
     if device == "cuda" and torch.cuda.is_available():
         env.update(
             gpu_name=torch.cuda.get_device_name(),
@@ -56,6 +65,22 @@ def environment(device: str, threads: int) -> dict[str, Any]:
             cudnn_benchmark=True,  # the protocol turns it on while timing (dscnn.latency)
         )
     return env
+
+
+def machine_state() -> dict[str, Any]:
+    """How busy the machine is right now: ``uptime``'s line and the 1/5/15-minute load averages per core."""
+    state: dict[str, Any] = {}
+    try:
+        state["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        cores = os.cpu_count() or 1
+        state["load_average"] = list(os.getloadavg())
+        state["load_average_per_core"] = [round(v / cores, 3) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return state
 
 
 def _cpu_count() -> int | None:

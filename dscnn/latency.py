@@ -6,6 +6,12 @@ repeat, each run bracketed by CUDA events and synchronised so that consecutive r
 (the latency of an isolated request). Every repeat reports the median of its runs; the result is
 the median over repeats, with their spread. Always ``eval()`` and ``torch.inference_mode()``.
 
+Runtimes (docs/design.md section 11): ``settings.runtime`` picks how the model runs (`dscnn.runtimes`:
+eager, compile, cudagraph, onnxruntime); the timing loop above is the same for all of them. Every
+result records the runtime, its version and settings, and the machine's load during timing
+(`dscnn.machine_load`): a result timed on a busy machine is flagged ``busy`` and warned about, and
+`dscnn.cost.cached_latency` never caches it.
+
 interpretation: fp16/bf16 mean the model and input are cast to that dtype (``model.to(dtype)``),
 not autocast: that is what a deployed half-precision graph runs. Peak memory is the CUDA caching
 allocator's ``max_memory_allocated``; the CPU has no per-model counter, so it is None there.
@@ -13,20 +19,23 @@ allocator's ``max_memory_allocated``; the CPU has no per-model counter, so it is
 
 from __future__ import annotations
 
-import copy
 import ctypes
-import functools
 import dataclasses
+import functools
 import statistics
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from dscnn import machine_load
+from dscnn.machine_load import LoadProbe, LoadReading
+from dscnn.runtimes import RuntimeInfo, RuntimeUnavailable, check_runtime, get_runtime, validate_runtime_name
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICES = ("cpu", "cuda")
@@ -38,6 +47,15 @@ NOISE_TOLERANCE = 0.2
 
 class NoisyMeasurementWarning(UserWarning):
     """Repeats disagree by more than `NOISE_TOLERANCE`: the machine was busy; do not trust the number."""
+
+
+class BusyMachineWarning(UserWarning):
+    """Other processes loaded the machine while timing (`dscnn.machine_load`): the number is not cached."""
+
+
+__all__ = ["DEVICES", "NOISE_TOLERANCE", "PRECISIONS", "PROTOCOL_RUNS", "BusyMachineWarning", "LatencyResult",
+           "LatencySettings", "NoisyMeasurementWarning", "RuntimeUnavailable", "measure_latency_ms", "pin_malloc",
+           "require_device"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,7 @@ class LatencySettings:
     runs: int | None = None  # timed runs per repeat; None = 100 on CPU, 200 on GPU
     repeats: int = 3  # independent repeats; the reported latency is their median
     in_channels: int = 3  # input channels
+    runtime: str = "eager"  # eager, compile, cudagraph (CUDA only) or onnxruntime (fp32 NCHW); dscnn.runtimes
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -62,6 +81,13 @@ class LatencySettings:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.device == "cpu" and self.precision != "fp32":
             raise ValueError(f"precision {self.precision!r} is GPU-only; use fp32 on cpu")
+        validate_runtime_name(self.runtime)
+        if self.runtime == "cudagraph" and self.device != "cuda":
+            raise RuntimeUnavailable(f"runtime 'cudagraph' needs device cuda (CUDA graphs are NVIDIA-GPU only), "
+                                     f"got {self.device!r}")
+        if self.runtime == "onnxruntime" and (self.precision != "fp32" or self.channels_last):
+            raise ValueError("runtime 'onnxruntime' times the exported fp32 NCHW graph; "
+                             f"got precision {self.precision!r}{', channels_last' if self.channels_last else ''}")
         default_warmup, default_runs = PROTOCOL_RUNS[self.device]
         # frozen dataclass: resolve the defaults once so that keys and reports show real counts
         object.__setattr__(self, "warmup", default_warmup if self.warmup is None else self.warmup)
@@ -95,11 +121,22 @@ class LatencyResult:
     peak_memory_mb: float | None  # CUDA max_memory_allocated during timing; None on CPU
     runs_timed: int  # timed forward passes in total (repeats x runs)
     noisy: bool  # repeats disagree by more than NOISE_TOLERANCE of the median
+    runtime: str = "eager"  # dscnn.runtimes name the model ran in
+    runtime_version: str = ""  # e.g. "torch 2.14.1+cu130", "onnxruntime 1.32.0"; "" = not recorded
+    runtime_settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # compile mode, provider, ...
+    load: float | None = None  # other processes' CPU use over the timing window, 0..1 (dscnn.machine_load)
+    cpu_share: float | None = None  # the timing thread's on-CPU share of the window
+    busy: bool = False  # load over machine_load.BUSY_LOAD, or (CPU) cpu_share under MIN_CPU_SHARE: not cached
 
     @property
     def spread(self) -> float:
         """(max - min) / median over repeats."""
         return (self.max_ms - self.min_ms) / self.median_ms
+
+    @property
+    def trusted(self) -> bool:
+        """Neither noisy nor busy: fit to be cached and compared."""
+        return not (self.noisy or self.busy)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,34 +168,43 @@ def pin_malloc() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
 
 
-def measure_latency_ms(model: nn.Module, settings: LatencySettings) -> LatencyResult:
+def measure_latency_ms(model: nn.Module, settings: LatencySettings, *, load_probe: LoadProbe | None = None) -> LatencyResult:
     """Time ``model`` (a copy of it: the caller's module is not moved or cast) under ``settings``.
 
-    Warns with `NoisyMeasurementWarning` when the repeats disagree by more than 20%.
+    ``settings.runtime`` picks the runtime (`dscnn.runtimes`); one that cannot run here raises
+    `RuntimeUnavailable`. Warns with `NoisyMeasurementWarning` when the repeats disagree by more
+    than 20%, and with `BusyMachineWarning` when ``load_probe`` (default: `dscnn.machine_load`)
+    finds the machine busy during the timed runs.
     """
     require_device(settings.device)
-    device = torch.device(settings.device)
-    if device.type == "cpu":
+    info = check_runtime(settings)
+    if settings.device == "cpu":
         pin_malloc()
-    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    model = copy.deepcopy(model).eval().to(device=device, dtype=settings.dtype)
-    model = model.to(memory_format=memory_format)
-    shape = (settings.batch, settings.in_channels, settings.resolution, settings.resolution)
-    x = torch.randn(shape, device=device, dtype=settings.dtype).contiguous(memory_format=memory_format)
+    probe = load_probe or machine_load.default_probe
+    assert settings.runs is not None  # resolved in __post_init__
     with _protocol_state(settings), torch.inference_mode():
-        for _ in range(settings.warmup or 0):  # resolved in __post_init__; never None here
-            model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        time_run = _cuda_run_ms if device.type == "cuda" else _cpu_run_ms
-        assert settings.runs is not None
-        medians = [statistics.median(time_run(model, x) for _ in range(settings.runs)) for _ in range(settings.repeats)]
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return _summarise(medians, settings, peak_mb)
+        prepared = get_runtime(settings.runtime).prepare(model, settings)
+        try:
+            for _ in range(settings.warmup or 0):
+                prepared.run()
+            cuda = settings.device == "cuda"
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            time_run = _cuda_run_ms if prepared.timer == "cuda_events" else _cpu_run_ms
+            window = probe(settings.threads)
+            medians = [statistics.median(time_run(prepared.run) for _ in range(settings.runs))
+                       for _ in range(settings.repeats)]
+            reading = window.stop()
+            peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        finally:
+            prepared.close()
+    return _summarise(medians, settings, peak_mb, runtime=info, load=reading)
 
 
-def _summarise(medians: list[float], settings: LatencySettings, peak_mb: float | None) -> LatencyResult:
+def _summarise(medians: list[float], settings: LatencySettings, peak_mb: float | None, *,
+               runtime: RuntimeInfo | None = None, load: LoadReading | None = None) -> LatencyResult:
+    """The result of one measurement; without ``runtime``, the settings' runtime name with no version."""
     median = statistics.median(medians)
     noisy = (max(medians) - min(medians)) > NOISE_TOLERANCE * median
     if noisy:
@@ -167,24 +213,33 @@ def _summarise(medians: list[float], settings: LatencySettings, peak_mb: float |
             f"(repeat medians {', '.join(f'{m:.3f}' for m in medians)} ms): the machine is noisy",
             NoisyMeasurementWarning, stacklevel=3,
         )
+    busy = load is not None and machine_load.is_busy(load, settings.device)
+    if busy and load is not None:
+        warnings.warn(f"latency {median:.3f} ms measured on a busy machine ({machine_load.describe(load)}): "
+                      "not cached; measure again when the machine is quiet", BusyMachineWarning, stacklevel=3)
     assert settings.runs is not None
     return LatencyResult(
         median_ms=median, min_ms=min(medians), max_ms=max(medians), repeat_medians_ms=tuple(medians),
         throughput_ips=settings.batch * 1000.0 / median, peak_memory_mb=peak_mb,
         runs_timed=settings.runs * settings.repeats, noisy=noisy,
+        runtime=runtime.name if runtime else settings.runtime, runtime_version=runtime.version if runtime else "",
+        runtime_settings=dict(runtime.settings) if runtime else {},
+        load=None if load is None else load.load, cpu_share=None if load is None else load.cpu_share, busy=busy,
     )
 
 
-def _cpu_run_ms(model: nn.Module, x: torch.Tensor) -> float:
+def _cpu_run_ms(run: Callable[[], object]) -> float:
+    """Wall-clock ms of one run (CPU runtimes, and runtimes that synchronise their own stream)."""
     start = time.perf_counter()
-    model(x)
+    run()
     return (time.perf_counter() - start) * 1000.0
 
 
-def _cuda_run_ms(model: nn.Module, x: torch.Tensor) -> float:
+def _cuda_run_ms(run: Callable[[], object]) -> float:
+    """CUDA-event ms of one run on the current stream, synchronised (an isolated request)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    model(x)
+    run()
     end.record()
     end.synchronize()  # waits for this run only: runs never overlap, as for an isolated request
     return float(start.elapsed_time(end))

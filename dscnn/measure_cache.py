@@ -6,9 +6,13 @@ across all worker processes. It is one SQLite file: SQLite's own file locking ma
 readers and writers from several processes safe (do not put it on a network file system).
 
 Keys combine the architecture (`architecture_key`: the module tree as printed, every parameter
-and buffer shape, the config hash when there is one), every `LatencySettings` field, and the
-hardware (`dscnn.environment.hardware_id`). Code changes that keep the module tree but change a
-forward do not change the key: `clear()` the cache (or point REPNAS_CACHE elsewhere) after those.
+and buffer shape, the config hash when there is one), every `LatencySettings` field (the runtime
+included), the runtime's version and settings (`dscnn.runtimes`: an onnxruntime upgrade is another
+key), and the hardware (`dscnn.environment.hardware_id`). Code changes that keep the module tree but
+change a forward do not change the key: `clear()` the cache (or point REPNAS_CACHE elsewhere) after those.
+
+Each entry may carry a ``source``: how to rebuild the timed graph (``{"config": ArchConfig JSON}``
+or ``{"bench": name, ...}``), which `python -m dscnn.bench --recheck` uses to time it again.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import sqlite3
 import time
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +32,24 @@ from torch import nn
 from dscnn.config import ArchConfig
 from dscnn.environment import hardware_id
 from dscnn.latency import LatencySettings
+from dscnn.runtimes import get_runtime
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS latency (key TEXT PRIMARY KEY, arch TEXT, settings TEXT, "
-    "hardware TEXT, value TEXT NOT NULL, created REAL)"
+    "hardware TEXT, value TEXT NOT NULL, created REAL, source TEXT)"
 )
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One stored measurement, as `MeasureCache.entries` lists it."""
+
+    arch_key: str
+    settings: LatencySettings
+    hardware: str
+    value: dict[str, Any]  # LatencyResult.to_dict()
+    created: float  # time.time() when stored
+    source: dict[str, Any] | None  # how to rebuild the graph; None = not recorded
 
 
 def default_cache_path() -> Path:
@@ -65,6 +83,9 @@ class MeasureCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.execute(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(latency)")}
+            if "source" not in columns:  # a cache file written before entries recorded their source
+                conn.execute("ALTER TABLE latency ADD COLUMN source TEXT")
 
     def _connect(self) -> closing[sqlite3.Connection]:
         # One short-lived connection per call: safe across fork and across processes; the timeout
@@ -74,9 +95,12 @@ class MeasureCache:
 
     @staticmethod
     def key(arch_key: str, settings: LatencySettings) -> str:
-        payload = json.dumps({"arch": arch_key, "settings": settings.to_dict(),
-                              "hardware": hardware_id(settings.device)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        info = get_runtime(settings.runtime).info(settings)
+        payload = {"arch": arch_key, "settings": settings.to_dict(), "hardware": hardware_id(settings.device),
+                   "runtime": {"version": info.version, "settings": info.settings}}
+        # entries keyed before runtimes existed (no "runtime" anywhere) are never found again: they
+        # may have been timed under load, which nothing recorded then
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def get(self, arch_key: str, settings: LatencySettings) -> dict[str, Any] | None:
         """The stored result for this architecture and settings on this hardware, or None."""
@@ -84,14 +108,32 @@ class MeasureCache:
             row = conn.execute("SELECT value FROM latency WHERE key = ?", (self.key(arch_key, settings),)).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def put(self, arch_key: str, settings: LatencySettings, value: dict[str, Any]) -> None:
+    def put(self, arch_key: str, settings: LatencySettings, value: dict[str, Any],
+            source: dict[str, Any] | None = None) -> None:
         """Store ``value`` (JSON-serialisable); a later put for the same key replaces it."""
         with self._connect() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO latency VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO latency (key, arch, settings, hardware, value, created, source) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (self.key(arch_key, settings), arch_key, json.dumps(settings.to_dict(), sort_keys=True),
-                 hardware_id(settings.device), json.dumps(value), time.time()),
+                 hardware_id(settings.device), json.dumps(value), time.time(),
+                 None if source is None else json.dumps(source, sort_keys=True)),
             )
+
+    def entries(self) -> list[CacheEntry]:
+        """Every stored measurement, oldest first; rows whose settings this code cannot read are skipped."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT arch, settings, hardware, value, created, source FROM latency "
+                                "ORDER BY created").fetchall()
+        out = []
+        for arch, settings, hardware, value, created, source in rows:
+            try:
+                parsed = LatencySettings(**json.loads(settings))
+            except (TypeError, ValueError):  # written by another version of LatencySettings
+                continue
+            out.append(CacheEntry(arch, parsed, hardware, json.loads(value), created or 0.0,
+                                  json.loads(source) if source else None))
+        return out
 
     def __len__(self) -> int:
         with self._connect() as conn:

@@ -1,18 +1,29 @@
-"""dscnn.cost and dscnn.measure_cache: hand-checked MACs, deploy counts, cache hits and keys."""
+"""dscnn.cost and dscnn.measure_cache: hand-checked MACs, deploy counts, cache hits and keys, busy results."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 from torch import nn
 
 from dscnn import (
-    DeployCost, LatencyResult, LatencySettings, MeasureCache, count_macs, create_model, deploy_copy,
+    DeployCost,
+    LatencyResult,
+    LatencySettings,
+    MeasureCache,
+    count_macs,
+    create_model,
+    deploy_copy,
+    machine_load,
     measure_deploy_cost,
 )
 from dscnn import cost as cost_mod
+from dscnn.latency import BusyMachineWarning
+from dscnn.machine_load import LoadReading
 from dscnn.measure_cache import architecture_key, default_cache_path
 
 FAST = LatencySettings(resolution=32, warmup=1, runs=2, repeats=1)
@@ -44,7 +55,7 @@ def test_macs_of_a_conv_stack_equal_the_formula() -> None:
     assert cost.params_train == cost.params_deploy == n_params
     assert cost.latency is None and cost.macs_per_s is None and cost.speedup is None
     with pytest.raises(ValueError, match="not measured"):
-        cost.latency_ms
+        _ = cost.latency_ms
 
 
 def test_repvgg_deploy_cost() -> None:
@@ -68,7 +79,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch, median_ms: float = 5.0, noisy: bo
     def fake(model: nn.Module, settings: LatencySettings) -> LatencyResult:
         calls.append(1)
         return LatencyResult(median_ms, median_ms, median_ms, (median_ms,), settings.batch * 1000 / median_ms,
-                             None, settings.runs * settings.repeats, noisy)
+                             None, settings.runs * settings.repeats, noisy, runtime=settings.runtime)
 
     monkeypatch.setattr(cost_mod, "measure_latency_ms", fake)
     return calls
@@ -96,6 +107,62 @@ def test_noisy_results_are_not_cached(monkeypatch: pytest.MonkeyPatch, tmp_path:
     measure_deploy_cost(conv_stack(), FAST, cache=cache)
     measure_deploy_cost(conv_stack(), FAST, cache=cache)
     assert len(calls) == 2 and len(cache) == 0
+
+
+def test_busy_results_are_not_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the real measurement, with the load reading simulated: other processes used 60% of the machine
+    monkeypatch.setattr(machine_load, "default_probe", lambda threads: _Reading(LoadReading(0.6, 1.0, 1.0)))
+    cache = MeasureCache(tmp_path / "c.sqlite")
+    with pytest.warns(BusyMachineWarning, match="busy machine"):
+        cost = measure_deploy_cost(conv_stack(), FAST, cache=cache)
+    assert cost.busy and cost.load == 0.6 and cost.runtime == "eager" and len(cache) == 0
+    assert cost.to_dict()["busy"] is True and cost.to_dict()["latency"]["busy"] is True
+    monkeypatch.setattr(machine_load, "default_probe", lambda threads: _Reading(LoadReading(0.0, 1.0, 1.0)))
+    quiet = measure_deploy_cost(conv_stack(), FAST, cache=cache)
+    assert not quiet.busy and len(cache) == 1
+    (entry,) = cache.entries()
+    assert entry.value["busy"] is False and entry.value["load"] == 0.0 and entry.settings == FAST
+
+
+class _Reading:
+    def __init__(self, reading: LoadReading) -> None:
+        self.reading = reading
+
+    def stop(self) -> LoadReading:
+        return self.reading
+
+
+def test_cache_key_differs_by_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    keys = {r: MeasureCache.key("arch", FAST.replace(runtime=r)) for r in ("eager", "compile", "onnxruntime")}
+    assert len(set(keys.values())) == 3
+    calls = _counting(monkeypatch)
+    cache = MeasureCache(tmp_path / "c.sqlite")
+    eager = measure_deploy_cost(conv_stack(), FAST, cache=cache)
+    onnx = measure_deploy_cost(conv_stack(), FAST.replace(runtime="onnxruntime"), cache=cache)
+    assert len(calls) == 2 and len(cache) == 2, "an eager entry never answers for onnxruntime"
+    assert (eager.runtime, onnx.runtime) == ("eager", "onnxruntime")
+    assert {e.settings.runtime for e in cache.entries()} == {"eager", "onnxruntime"}
+    # the runtime's version is in the key: another onnxruntime release is another entry
+    monkeypatch.setattr(ort, "__version__", "0.0-test")
+    assert MeasureCache.key("arch", FAST.replace(runtime="onnxruntime")) != keys["onnxruntime"]
+
+
+def test_entries_record_how_to_rebuild_the_graph(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _counting(monkeypatch)
+    cache = MeasureCache(tmp_path / "c.sqlite")
+    measure_deploy_cost(tiny_repvgg(), FAST, cache=cache)
+    (entry,) = cache.entries()
+    assert entry.source is not None and entry.source["config"]["family"] == "repvgg"
+
+
+def test_cache_files_from_before_sources_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # the schema before entries recorded a source
+        conn.execute("CREATE TABLE latency (key TEXT PRIMARY KEY, arch TEXT, settings TEXT, hardware TEXT, "
+                     "value TEXT NOT NULL, created REAL)")
+        conn.execute("INSERT INTO latency VALUES ('k', 'a', '{\"device\": \"cpu\"}', 'h', '{}', 0)")
+    cache = MeasureCache(path)
+    assert len(cache) == 1 and cache.entries()[0].source is None
 
 
 def test_architecture_key_tracks_structure_not_weights() -> None:
