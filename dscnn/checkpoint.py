@@ -7,12 +7,17 @@ A channel-pruned deploy model (``save_checkpoint(..., pruned=True)``) no longer 
 its config's fields: its saved config carries them (``pruned_layers``, see `dscnn.pruned`), so the
 config and its hash describe the pruned model, and loading rebuilds it from the config alone.
 Weights that disagree with the config (a missing layer, another kernel size) are a `CheckpointError`.
+
+Files are written through a temp file beside the target (`temp_path`, ``.<name>.<pid>-<hex>.tmp``,
+created with the permissions of any new file, i.e. 0o666 less the umask), then renamed; a temp
+left by a killed writer is removed by the next write to the same path (`remove_stale_temps`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -80,15 +85,69 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    remove_stale_temps(path)
+    tmp = temp_path(path)
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return path
+
+
+#: A temp file of another writer that is this old (seconds) is stale even if its pid looks alive.
+STALE_SECONDS = 24 * 3600
+
+
+def temp_path(path: str | os.PathLike[str]) -> Path:
+    """Create and return an empty ``.<name>.<pid>-<hex>.tmp`` beside ``path``, mode 0o666 less the umask.
+
+    (``tempfile.mkstemp`` would make it 0o600, and the renamed file would keep that.)
+    """
+    path = Path(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temp files of ``path`` (`temp_path` names) whose writer is gone; returns what was removed.
+
+    Stale: the pid in the name is not a running process here, or the name has no pid (an older
+    writer's), or the file is older than `STALE_SECONDS`. A live writer's temp is left alone.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -4].split("-", 1)[0]
+        try:
+            old = time.time() - tmp.stat().st_mtime > STALE_SECONDS
+        except FileNotFoundError:
+            continue
+        if old or not pid.isdigit() or not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 
 import torch
 from torch import nn
@@ -21,7 +22,10 @@ def count_macs(model: nn.Module, resolution: int, *, in_channels: int = 3) -> in
 
     Counts the model as given; call `deploy_copy` first to count the deploy form.
     """
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        # fvcore's import scripts its focal loss with torch.jit.script, deprecated in torch 2.14: not our call
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     param = next(model.parameters())
     x = torch.zeros(1, in_channels, resolution, resolution, dtype=param.dtype, device=param.device)

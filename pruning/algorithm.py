@@ -23,8 +23,12 @@ class PruningError(ValueError):
 class PruningAlgorithm(Protocol):
     name: str  # short name used in reports and default output paths ("resrep", "csgd")
 
-    def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int) -> nn.Module:
-        """Set up on the deploy-form ``model``; return the module to train (may be ``model`` itself)."""
+    def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int,
+                epochs: int = 1) -> nn.Module:
+        """Set up on the deploy-form ``model``; return the module to train (may be ``model`` itself).
+
+        The training that follows runs ``epochs`` x ``steps_per_epoch`` iterations (``regularize`` calls).
+        """
         ...
 
     def param_groups(self, model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:

@@ -34,6 +34,10 @@ class ModelStats:
     macs: int  # fvcore MACs of the deploy form at batch 1
     latency_ms: float | None  # median batch-1 latency (docs/design.md section 4 CPU protocol), None if not timed
     accuracy: float | None  # top-1 on the validation split, in [0, 1]
+    latency_noisy: bool | None = None  # its repeats disagree by more than 20%: do not trust latency_ms
+
+    def latency_text(self) -> str:
+        return _fmt(self.latency_ms, "{:.3f}") + (" (noisy)" if self.latency_noisy else "")
 
 
 @dataclass
@@ -54,19 +58,44 @@ class PruneReport:
     latency_settings: dict[str, Any] | None = None
     output: str = ""  # where the pruned model was written
     convention: str = CONVENTION
+    latency: dict[str, Any] | None = None  # {"before", "after": LatencyResult dicts}, timed interleaved
 
     @property
     def macs_reduction(self) -> float:
         """Fraction of the deploy MACs removed."""
         return 1.0 - self.after.macs / self.before.macs
 
+    @property
+    def latency_change(self) -> float | None:
+        """after / before - 1 of the median latencies (negative: faster); None when not timed."""
+        if self.before.latency_ms is None or self.after.latency_ms is None:
+            return None
+        return self.after.latency_ms / self.before.latency_ms - 1.0
+
+    @property
+    def latency_noisy(self) -> bool | None:
+        if self.latency_change is None:
+            return None
+        return bool(self.before.latency_noisy or self.after.latency_noisy)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "macs_reduction": self.macs_reduction}
+        return {**asdict(self), "macs_reduction": self.macs_reduction, "latency_change": self.latency_change,
+                "latency_noisy": self.latency_noisy}
 
     def write_json(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str))
         return path
+
+    def latency_line(self) -> str | None:
+        """``latency -28.2% (3.900 -> 2.800 ms, ...)``, flagged when noisy; None when not timed."""
+        change = self.latency_change
+        if change is None:
+            return None
+        repeats = (self.latency_settings or {}).get("repeats", "?")
+        text = (f"latency {change:+.1%} ({self.before.latency_ms:.3f} -> {self.after.latency_ms:.3f} ms; both timed "
+                f"interleaved, {repeats} repeats each, under the device lock)")
+        return text + (" NOISY: repeats disagree by more than 20%, do not trust this change" if self.latency_noisy
+                       else "")
 
     def print(self, console: Console | None = None) -> None:
         console = console or Console()
@@ -76,7 +105,7 @@ class PruneReport:
             table.add_column(column, justify="right")
         for label, stats in (("unpruned", self.before), ("pruned", self.after)):
             table.add_row(
-                label, f"{stats.params:,}", format_macs(stats.macs), _fmt(stats.latency_ms, "{:.3f}"),
+                label, f"{stats.params:,}", format_macs(stats.macs), stats.latency_text(),
                 _fmt(stats.accuracy, "{:.4f}"),
             )
         console.print(table)
@@ -86,6 +115,8 @@ class PruneReport:
             f"FLOPs -{self.macs_reduction:.1%}; top-1 right after pruning {_fmt(self.accuracy_after_prune, '{:.4f}')}"
             + "".join(f"; {fact}" for fact in facts)
         )
+        if (line := self.latency_line()) is not None:
+            console.print(line)
         changed = {k: v for k, v in self.widths.items() if v[0] != v[1]}
         console.print(f"{len(changed)} of {len(self.widths)} layers narrowed: " + ", ".join(
             f"{name} {a}->{b}" for name, (a, b) in list(changed.items())[:12]

@@ -5,32 +5,41 @@ Training (with the regularizer, and the fine-tuning) runs on the deploy graph wi
 temporarily re-inserted (`pruning.retrain`): the fused graph alone is too ill-conditioned for SGD.
 
 Nothing is written until the pruned model has been checked (numerically, by the algorithm) and
-meets the FLOPs target; any bad input (target, checkpoint, data) is a ValueError before training.
+meets the FLOPs target; any bad input (target, output paths, checkpoint, data) is a `PruningError`
+(or the checkpoint's / data's own ValueError) before training. The model and its report are
+written as one unit (`pruning.outputs`). The latencies before and after are taken at the end, in
+one interleaved run under the device lock (`pruning.timing`), so that their difference means
+something.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
 from torch import nn
 
 from dscnn.complexity import count_macs, count_params
-from dscnn.cost import measure_deploy_cost
 from dscnn.data import DataConfig, ImageDataset, load_dataset
 from dscnn.latency import LatencySettings
 from dscnn.train import TrainConfig, evaluate_accuracy
 from dscnn.units import format_macs
 from pruning.algorithm import PruningAlgorithm, PruningError
+from pruning.outputs import check_output_paths, write_together
 from pruning.report import ModelStats, PruneReport, layer_widths
 from pruning.retrain import train_deploy
 from pruning.source import ModelSource, load_source
 from pruning.targets import parse_target
+from pruning.timing import compare_latency
+
+if TYPE_CHECKING:
+    from searchspace.device_lock import DeviceLock
 
 
 def _retrain_recipe() -> TrainConfig:
@@ -49,6 +58,7 @@ class RunConfig:
     out: str | None = None  # pruned model path; None = "<checkpoint>_<method>.pt" beside the input
     time_latency: bool = True  # CPU batch-1 latency before and after (docs/design.md section 4 protocol)
     latency_threads: int = 1
+    device_lock: str | None = None  # the machine-wide lock held while timing; None = $REPNAS_DEVICE_LOCK or default
     progress: bool = True  # progress bars while training
 
     def __post_init__(self) -> None:
@@ -71,21 +81,26 @@ def run_pruning(
 ) -> tuple[nn.Module, PruneReport]:
     """Prune the model in ``checkpoint`` (or torchvision ``torchvision_model``) to ``config.target``."""
     console = console or Console(stderr=True, quiet=not config.progress)
+    parse_target(config.target)  # a malformed target fails before anything else
     out = _output_path(config, checkpoint, torchvision_model, algorithm.name)
+    report_path = out.with_suffix(".json")
+    check_output_paths([("--out", out), ("report", report_path)])
+    lock = _device_lock(config) if config.time_latency else None
     source, data, target_macs = _load(config, checkpoint, torchvision_model)
     resolution = source.resolution or data.resolution
     train = config.train_config(resolution, config.train.epochs)
     settings = LatencySettings(resolution=resolution, threads=config.latency_threads)
 
     model = source.model
-    before = _stats(model, data, train, settings, config.time_latency)
+    before = _stats(model, data, train, resolution)
+    unpruned = copy.deepcopy(model) if config.time_latency else None  # prepare() rewires ``model`` in place
     widths_before = layer_widths(model)
     console.log(f"{source.label}: {format_macs(before.macs)} MACs, top-1 {before.accuracy:.4f}; "
                 f"target {format_macs(target_macs)}")
 
     example = torch.zeros(1, 3, resolution, resolution)
     steps_per_epoch = max(1, len(data.train_labels) // train.batch_size)
-    work = algorithm.prepare(model, target_macs, example, steps_per_epoch)
+    work = algorithm.prepare(model, target_macs, example, steps_per_epoch, epochs=train.epochs)
     train_deploy(
         work, data, train, param_groups=algorithm.param_groups, after_backward=algorithm.regularize,
         progress=config.progress,
@@ -95,9 +110,16 @@ def run_pruning(
     if config.finetune_epochs:
         train_deploy(pruned, data, config.train_config(resolution, config.finetune_epochs), progress=config.progress)
     pruned = pruned.cpu().eval()
-    after = _stats(pruned, data, train, settings, config.time_latency)
+    after = _stats(pruned, data, train, resolution)
     if after.macs > target_macs:  # the algorithm's promise; never write a model that breaks it
         raise RuntimeError(f"{algorithm.name}: pruned model has {after.macs} MACs, above the target {target_macs:.0f}")
+    latency = None
+    if unpruned is not None:
+        console.log("timing the unpruned and the pruned model, interleaved, under the device lock")
+        timed = compare_latency(unpruned, pruned, settings, lock)
+        before = dataclasses.replace(before, latency_ms=timed.before.median_ms, latency_noisy=timed.before.noisy)
+        after = dataclasses.replace(after, latency_ms=timed.after.median_ms, latency_noisy=timed.after.noisy)
+        latency = {"before": timed.before.to_dict(), "after": timed.after.to_dict()}
 
     widths_after = layer_widths(pruned)
     report = PruneReport(
@@ -105,11 +127,20 @@ def run_pruning(
         before=before, after=after, accuracy_after_prune=accuracy_after_prune,
         widths={k: (v, widths_after.get(k, 0)) for k, v in widths_before.items()},
         algorithm=algorithm.summary(), settings=dataclasses.asdict(config), resolution=resolution,
-        latency_settings=settings.to_dict() if config.time_latency else None, output=str(out),
+        latency_settings=settings.to_dict() if config.time_latency else None, output=str(out), latency=latency,
     )
-    source.save(out, pruned, metrics=_metrics(report))
-    report.write_json(out.with_suffix(".json"))
+    metrics = _metrics(report)
+    write_together([(out, lambda path: source.save(path, pruned, metrics)), (report_path, report.write_json)])
     return pruned, report
+
+
+def _device_lock(config: RunConfig) -> DeviceLock:
+    from searchspace.device_lock import DeviceLock  # here: importing searchspace loads all of it (optuna)
+
+    try:
+        return DeviceLock(config.device_lock)
+    except ValueError as exc:
+        raise PruningError(str(exc)) from None
 
 
 def _load(
@@ -134,18 +165,13 @@ def _load(
     return source, data, target.resolve(float(macs))
 
 
-def _stats(
-    model: nn.Module, data: ImageDataset, train: TrainConfig, settings: LatencySettings, timed: bool
-) -> ModelStats:
+def _stats(model: nn.Module, data: ImageDataset, train: TrainConfig, resolution: int) -> ModelStats:
+    """Params, deploy MACs and accuracy; the latency is filled in later (`pruning.timing`)."""
     model = model.cpu().eval()
-    cost = measure_deploy_cost(model, settings, time_latency=timed, to_deploy=_same)
+    macs = count_macs(model, resolution)
     accuracy = evaluate_accuracy(model, data, train)
     model.cpu()
-    return ModelStats(count_params(model), cost.macs, cost.latency_ms if timed else None, accuracy)
-
-
-def _same(model: nn.Module) -> nn.Module:
-    return model  # already the deploy form; measure_deploy_cost neither changes nor keeps it
+    return ModelStats(count_params(model), macs, None, accuracy)
 
 
 def _metrics(report: PruneReport) -> dict[str, Any]:

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,19 +37,14 @@ class ModelSource:
     kind: str  # "checkpoint" or "torchvision"
 
     def save(self, path: Path, pruned: nn.Module, metrics: dict[str, Any]) -> Path:
-        """Write the pruned model: a repnas checkpoint, or a whole pickled module for torchvision."""
+        """Write the pruned model: a repnas checkpoint, or a whole pickled module for torchvision.
+
+        Writes ``path`` itself; `pruning.outputs.write_together` gives it a temp path and renames.
+        """
         if self.kind == "checkpoint":
             pruned.config = pruned_config(pruned)  # type: ignore[assignment]  # the in-memory model describes itself too
             return save_checkpoint(path, pruned.cpu(), metrics=metrics, pruned=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(pruned.cpu(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        torch.save(pruned.cpu(), path)
         return path
 
 

@@ -1,7 +1,8 @@
 """The FLOPs target of a pruning run, parsed once at the CLI edge.
 
 ``0.3G`` / ``300M`` / ``2.5e8`` are absolute deploy MACs (docs/design.md section 0: fvcore multiply-accumulates of
-the deploy form, batch 1); ``0.5x`` is a fraction of the model's current deploy MACs.
+the deploy form, batch 1); ``0.5x`` is a fraction of the model's current deploy MACs. A bare number
+below `BARE_MINIMUM` (``0.3`` = 0.3 MACs) is refused as a slip for ``0.3x`` or ``0.3G``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from dscnn.units import format_macs, parse_macs
 from pruning.algorithm import PruningError
 
+#: A target written without a unit (K/M/G/T or x) must be at least this many MACs: no CNN costs less.
+BARE_MINIMUM = 1e6
+_BARE = re.compile(r"^\s*[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?\s*$")
 _FRACTION = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*[xX]\s*$")
 
 
@@ -49,6 +53,11 @@ def parse_target(text: str) -> MacsTarget:
     if stripped.startswith("-") or stripped in {"0", "0.0"}:
         raise PruningError(f"FLOPs target {text!r} must be positive")
     try:
-        return MacsTarget(str(text), macs=parse_macs(stripped))
+        macs = parse_macs(stripped)
     except ValueError as exc:
         raise PruningError(f"FLOPs target {text!r}: {exc}; or a fraction such as 0.5x") from None
+    if _BARE.match(stripped) and macs < BARE_MINIMUM:
+        hint = (f"{stripped}x (a fraction of the current FLOPs) or {stripped}G ({stripped}e9 MACs)" if macs < 1
+                else f"{stripped}M ({stripped}e6 MACs)")
+        raise PruningError(f"FLOPs target {text!r} means {macs:g} MACs, far below any CNN: did you mean {hint}?")
+    return MacsTarget(str(text), macs=macs)

@@ -2,10 +2,14 @@
 
 A study file has a ``[search]`` table (the keys of ``search.py``'s flags, underscored; checked by
 `searchspace.SearchConfig.from_mapping`), and ``[retrain]``, ``[prune]``, ``[export]`` tables.
+Overrides (``python -m studies.run FILE --set search.trials=2 --set out=runs/x``) replace single
+keys of the file before it is checked, exactly as if the file said so; values are TOML values
+(``2``, ``0.5``, ``true``, ``"text"``; a bare word is taken as a string).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ class StudyError(ValueError):
     """A study that cannot run as written (bad file, nothing feasible found, a failed export check)."""
 
 
-STAGES = ("search", "retrain", "prune", "export", "report")
+STAGES = ("search", "stage2", "retrain", "prune", "export", "report")
 PRUNE_METHODS = ("resrep", "csgd")
 
 
@@ -38,6 +42,7 @@ class StudyPlan:
     finetune_epochs: int = 1  # plain training after pruning
     prune_options: dict[str, Any] = field(default_factory=dict)  # the method's own knobs (lasso, ...)
     torchscript: bool = True  # also export TorchScript beside ONNX
+    stage2: Any = None  # studies.stage2.Stage2Config when the file has a [stage2] table, else None
 
     @property
     def storage(self) -> str:
@@ -55,15 +60,43 @@ class StudyPlan:
             raise StudyError(f"{self.path}: [search] {exc}") from None
 
 
-def load_plan(path: str | Path) -> StudyPlan:
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``"search.trials=2"`` -> (("search", "trials"), 2); a `StudyError` for anything else."""
+    key, sep, raw = text.partition("=")
+    parts = tuple(p.strip() for p in key.split("."))
+    if not sep or not all(parts) or len(parts) > 2:
+        raise StudyError(f"--set {text!r}: expected TABLE.KEY=VALUE or KEY=VALUE, e.g. search.trials=2")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: a string
+    return parts, value
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``doc`` with each ``TABLE.KEY=VALUE`` / ``KEY=VALUE`` of ``overrides`` set (a copy)."""
+    doc = {k: dict(v) if isinstance(v, dict) else v for k, v in doc.items()}
+    for text in overrides:
+        parts, value = parse_override(text)
+        if len(parts) == 1:
+            doc[parts[0]] = value
+        else:
+            table = doc.setdefault(parts[0], {})
+            if not isinstance(table, dict):
+                raise StudyError(f"--set {text!r}: {parts[0]!r} is not a table")
+            table[parts[1]] = value
+    return doc
+
+
+def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> StudyPlan:
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"study file {str(path)!r} does not exist")
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = apply_overrides(tomllib.loads(path.read_text()), overrides)
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"study file {str(path)!r} is not valid TOML: {exc}") from None
-    unknown = sorted(set(doc) - {"out", "search", "retrain", "prune", "export"})
+    unknown = sorted(set(doc) - {"out", "search", "stage2", "retrain", "prune", "export"})
     if unknown:
         raise StudyError(f"study file {str(path)!r}: unknown table(s)/key(s) {', '.join(unknown)}")
     retrain, prune, export = doc.get("retrain", {}), dict(doc.get("prune", {})), doc.get("export", {})
@@ -75,7 +108,7 @@ def load_plan(path: str | Path) -> StudyPlan:
         retrain_epochs=int(retrain.get("epochs", 10)), prune_method=method,
         target_flops=str(prune.pop("target_flops", "0.5x")), prune_epochs=int(prune.pop("epochs", 2)),
         finetune_epochs=int(prune.pop("finetune_epochs", 1)), prune_options=prune,
-        torchscript=bool(export.get("torchscript", True)),
+        torchscript=bool(export.get("torchscript", True)), stage2=_stage2(path, doc.get("stage2")),
     )
     if plan.retrain_epochs < 1 or plan.prune_epochs < 1 or plan.finetune_epochs < 0:
         raise StudyError(f"{path}: [retrain] epochs and [prune] epochs must be >= 1, finetune_epochs >= 0")
@@ -85,3 +118,14 @@ def load_plan(path: str | Path) -> StudyPlan:
         raise StudyError(f"{path}: [prune] target_flops: {exc}") from None
     plan.search_config()  # so does a bad [search] table
     return plan
+
+
+def _stage2(path: Path, table: dict[str, Any] | None) -> Any:
+    if table is None:
+        return None
+    from studies.stage2 import Stage2Config
+
+    try:
+        return Stage2Config(**table)
+    except TypeError as exc:
+        raise StudyError(f"{path}: [stage2]: {exc}") from None

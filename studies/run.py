@@ -1,6 +1,10 @@
 """Run a whole study: search under the budget -> retrain the winner -> prune -> export -> report.
 
     python -m studies.run studies/tiny_e2e.toml
+    python -m studies.run studies/tiny_e2e.toml --set search.trials=2 --set out=runs/quick
+
+``--set TABLE.KEY=VALUE`` (repeatable) overrides one key of the file, as if the file said so (see
+`studies.plan.apply_overrides`); the override is part of the study, so give the same ones on a rerun.
 
 A study file has a ``[search]`` table (the keys of ``search.py``'s flags, underscored), and
 ``[retrain]``, ``[prune]``, ``[export]`` tables (see `StudyPlan`). Every artifact goes under one
@@ -23,6 +27,8 @@ from rich.console import Console
 
 from dscnn.checkpoint import CheckpointError
 from dscnn.data import DataError
+from searchspace.identity import SearchError
+from searchspace.storage import JournalDamaged
 from studies import stages
 from studies.plan import STAGES, StudyError, StudyPlan, load_plan
 
@@ -33,7 +39,7 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
     console = console or Console()
     plan.out.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Callable[[StudyPlan, dict[str, Any], Console], dict[str, Any]]] = {
-        "search": stages.search, "retrain": stages.retrain, "prune": stages.prune,
+        "search": stages.search, "stage2": stages.stage2, "retrain": stages.retrain, "prune": stages.prune,
         "export": stages.export, "report": stages.report,
     }
     records: dict[str, Any] = {}
@@ -66,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="study file (TOML) with [search], [retrain], [prune], [export] tables")
     parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (the rest runs next time)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                        help="override one key of the study file, e.g. search.trials=2 or out=runs/x (repeatable)")
     args = parser.parse_args(argv)
     console = Console()
     try:
-        plan = load_plan(args.study)
+        plan = load_plan(args.study, args.overrides)
         records = run_study(plan, console=console, stop_after=args.stop_after)
-    except (StudyError, DataError, CheckpointError) as exc:  # the user's input, not a bug: a message
+    except (StudyError, DataError, CheckpointError, SearchError, JournalDamaged) as exc:  # the input, not a bug
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if "report" in records:

@@ -1,5 +1,6 @@
-"""``python -m dscnn.export ckpt.pt --onnx model.onnx [--torchscript model.ts]``: flags -> `ExportConfig`
--> `run_export` -> report.
+"""``python -m dscnn.export ckpt.pt [--onnx model.onnx] [--torchscript model.ts]``: flags -> `ExportConfig`
+-> `run_export` -> report. With neither flag, the ONNX file goes beside the checkpoint (``ckpt.onnx``).
+Files are written only when every check passes.
 
 Real inputs: ``--real-data DIR`` reads the first ``--num-real`` image files under DIR (sorted,
 recursive), normalised by their own channel statistics; without it, validation images of the
@@ -19,7 +20,6 @@ from typing import Any
 from dscnn.checkpoint import CheckpointError
 from dscnn.data import DataError
 from dscnn.export import files as _lib
-from dscnn.export.files import REL_TOLERANCE
 from dscnn.export.run import ExportConfig, run_export
 from dscnn.latency import LatencySettings
 
@@ -36,8 +36,10 @@ def render(doc: dict[str, Any]) -> str:
                 lines.append(f"  BatchNormalization nodes: {part['batchnorm_nodes']}; "
                              f"parallel branches: {len(part['branches'])}")
             for c in part["checks"]:
-                lines.append(f"  {c['inputs']} ({c['batch']} images): max abs error {c['max_abs_error']:.3g}, "
-                             f"max rel error {c['max_rel_error']:.3g} (tolerance {REL_TOLERANCE:g})")
+                lines.append(f"  {c['inputs']} ({c['batch']} images): vs PyTorch max abs error {c['max_abs_error']:.3g} "
+                             f"(rel {c['max_rel_error']:.3g}); vs float64 {c['fp64_abs_error']:.3g}, allowed "
+                             f"{c['allowed_abs_error']:.3g} ({c['tolerance']:g} per layer; PyTorch float32 itself "
+                             f"{c['torch_fp32_abs_error']:.3g})")
     onnx_part = doc.get("onnx", {})
     timings = [(label, t) for label, t in (("pytorch", onnx_part.get("torch_latency") or doc.get("torch_latency")),
                                            ("onnxruntime", onnx_part.get("onnx_latency"))) if t]
@@ -47,6 +49,8 @@ def render(doc: dict[str, Any]) -> str:
                      f"{s['runs']} runs): " + ", ".join(f"{label} {t['median_ms']:.3f} ms" + (" (noisy)" if t["noisy"]
                                                         else "") for label, t in timings))
     lines += [f"FAILED: {p}" for p in doc["problems"]] or ["all checks passed"]
+    if not doc["written"]:
+        lines.append("nothing written: the files are kept only when every check passes")
     return "\n".join(lines)
 
 
@@ -55,7 +59,8 @@ def parse_args(argv: list[str] | None) -> tuple[ExportConfig, str | None]:
     p = argparse.ArgumentParser(prog="python -m dscnn.export", description=f"{_lib.__doc__}\n{__doc__}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint written by dscnn.save_checkpoint (train or deploy form)")
-    p.add_argument("--onnx", help="write the deploy form as ONNX here and check it with onnxruntime")
+    p.add_argument("--onnx", help="write the deploy form as ONNX here and check it with onnxruntime "
+                                  "(default, when --torchscript is not given either: the checkpoint's path with .onnx)")
     p.add_argument("--torchscript", help="write the deploy form as traced TorchScript here and check it")
     p.add_argument("--resolution", type=int, default=0, help="input size (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=d.opset, help="ONNX opset, 7..20 (default %(default)s)")
@@ -70,7 +75,7 @@ def parse_args(argv: list[str] | None) -> tuple[ExportConfig, str | None]:
     p.add_argument("--json", help="write the report to this JSON file")
     a = p.parse_args(argv)
     if not (a.onnx or a.torchscript):
-        p.error("nothing to do: give --onnx PATH and/or --torchscript PATH")
+        a.onnx = str(Path(a.checkpoint).with_suffix(".onnx"))
     outputs = [Path(o).resolve() for o in (a.onnx, a.torchscript) if o]
     if len(set(outputs)) < len(outputs) or Path(a.checkpoint).resolve() in outputs:
         p.error("--onnx, --torchscript and the checkpoint must be different files")

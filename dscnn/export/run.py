@@ -1,5 +1,8 @@
 """One export job: load a checkpoint, fuse it, write the files, check them: `run_export(ExportConfig)`.
 
+Files are written to temp files beside their paths (`dscnn.checkpoint.temp_path`) and renamed
+into place only when every check passed: a failed export leaves no file behind.
+
 Real inputs: ``real_data`` names a folder whose first ``num_real`` image files (sorted, recursive)
 are used, normalised by their own channel statistics; without it, validation images of the
 embedded CIFAR-10 subset normalised by its training statistics, as `dscnn.train` does.
@@ -8,6 +11,7 @@ embedded CIFAR-10 subset normalised by its training statistics, as `dscnn.train`
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dscnn.checkpoint import CheckpointError, load_checkpoint
+from dscnn.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, temp_path
 from dscnn.data import IMAGE_SUFFIXES, DataConfig, DataError, decode_all, load_dataset, prepare_batch
 from dscnn.export.files import (
     DEFAULT_OPSET,
@@ -66,6 +70,11 @@ class ExportReport:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def written(self) -> bool:
+        """The files were written (only when every check passed)."""
+        return self.ok
+
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"checkpoint": self.checkpoint, "family": self.family, "form": self.form,
                                "arch_hash": self.arch_hash, "resolution": self.resolution, "config": self.config}
@@ -76,7 +85,7 @@ class ExportReport:
         if self.torchscript_path is not None:
             doc["torchscript"] = {"path": self.torchscript_path,
                                   "checks": [dataclasses.asdict(c) for c in self.torchscript_checks]}
-        return {**doc, "problems": list(self.problems), "ok": self.ok}
+        return {**doc, "problems": list(self.problems), "ok": self.ok, "written": self.written}
 
 
 def run_export(config: ExportConfig) -> ExportReport:
@@ -96,23 +105,38 @@ def run_export(config: ExportConfig) -> ExportReport:
     torch_latency: LatencyResult | None = None
     checks: tuple[OutputCheck, ...] = ()
     problems: list[str] = []
-    if config.onnx:
-        export_onnx(model, config.onnx, resolution=resolution, opset=config.opset, fuse=False)
-        onnx_report = verify_onnx(model, config.onnx, inputs, latency=latency)
-        problems += [f"onnx: {p}" for p in onnx_report.problems]
-    elif latency:
-        torch_latency = measure_latency_ms(model, latency)
-    if config.torchscript:
-        export_torchscript(model, config.torchscript, resolution=resolution, fuse=False)
-        checks = verify_torchscript(model, config.torchscript, inputs)
-        problems += [f"torchscript: {c.inputs} inputs: relative error {c.max_rel_error:.3g}"
-                     for c in checks if not c.passed()]
+    temps: dict[str, Path] = {}
+    try:
+        if config.onnx:
+            temps[config.onnx] = _temp(config.onnx)
+            export_onnx(model, temps[config.onnx], resolution=resolution, opset=config.opset, fuse=False)
+            onnx_report = verify_onnx(model, temps[config.onnx], inputs, latency=latency)
+            problems += [f"onnx: {p}" for p in onnx_report.problems]
+        elif latency:
+            torch_latency = measure_latency_ms(model, latency)
+        if config.torchscript:
+            temps[config.torchscript] = _temp(config.torchscript)
+            export_torchscript(model, temps[config.torchscript], resolution=resolution, fuse=False)
+            checks = verify_torchscript(model, temps[config.torchscript], inputs)
+            problems += [f"torchscript: {c.problem()}" for c in checks if not c.passed()]
+        if not problems:
+            for final, tmp in temps.items():
+                os.replace(tmp, final)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
     return ExportReport(
         checkpoint=config.checkpoint, family=info.config.family, form=info.form, arch_hash=info.config.arch_hash(),
         resolution=resolution, config={**dataclasses.asdict(config), "latency": latency.to_dict() if latency else None},
         onnx_path=config.onnx, onnx=onnx_report, torchscript_path=config.torchscript, torchscript_checks=checks,
         torch_latency=torch_latency, problems=tuple(problems),
     )
+
+
+def _temp(path: str) -> Path:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    return temp_path(path)
 
 
 def real_inputs(resolution: int, folder: str | None, count: int) -> Tensor:

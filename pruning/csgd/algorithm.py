@@ -99,7 +99,8 @@ class CSGD:
         self.example: Tensor | None = None
 
     # -- setup -------------------------------------------------------------------------------
-    def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int) -> nn.Module:
+    def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int,
+                epochs: int = 1) -> nn.Module:
         """Find the groups of the deploy ``model``, choose their widths, cluster their filters."""
         scan = find_groups(model, example)
         if not scan.groups:

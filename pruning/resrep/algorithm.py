@@ -10,6 +10,7 @@ and Forgetting", ICCV 2021) on the deploy graph, as docs/design.md section 5 spe
 3. After ``warmup_epochs``, every ``mask_interval`` iterations, the masks are recomputed from scratch
    (`pruning.resrep.masking`): global ranking by compactor row norm, until the deploy FLOPs of the implied
    widths reach the target, at most ``granularity`` new channels per update, one channel kept per layer.
+   Left unset, the two knobs are derived from the schedule's length (`pruning.resrep.schedule`).
 4. ``prune``: compactors fold into their convs (``W'' = Q W'``, ``b'' = Q b'``), exactly the unmasked
    rows are kept, and Torch-Pruning removes the matching channels everywhere; the result is checked
    against the masked model (masked rows zeroed) on a probe input.
@@ -45,6 +46,7 @@ from pruning.groups import ChannelGroup, Member, find_groups
 from pruning.macs import CostModel
 from pruning.resrep.compactor import CompactedConv, MaskedConv, zero_masked_rows
 from pruning.resrep.masking import MaskUpdate, update_masks
+from pruning.resrep.schedule import MaskSchedule, channels_to_mask, plan_schedule
 from pruning.surgery import assert_same_outputs, remove_channels
 
 #: Largest masked-row norm that counts as "forgotten"; larger ones are reported with a warning.
@@ -56,8 +58,8 @@ class ResRepConfig:
     """ResRep's own knobs (docs/design.md section 5 defaults); training length and LR live in `pruning.run.RunConfig`."""
 
     lasso: float = 1e-4  # group-lasso strength λ on compactor rows
-    mask_interval: int = 200  # iterations between mask updates
-    granularity: int = 4  # at most this many newly masked channels per update
+    mask_interval: int | None = None  # iterations between mask updates; None = from the schedule (published: 200)
+    granularity: int | None = None  # most newly masked channels per update; None = from the schedule (published: 4)
     warmup_epochs: float = 1.0  # epochs of lasso-only training before the first mask update
     compactor_momentum: float = 0.99  # SGD momentum of the compactors (no weight decay on them)
 
@@ -65,7 +67,8 @@ class ResRepConfig:
         if not (self.lasso >= 0 and math.isfinite(self.lasso)):
             raise PruningError(f"ResRepConfig.lasso must be >= 0, got {self.lasso}")
         for name in ("mask_interval", "granularity"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise PruningError(f"ResRepConfig.{name} must be an integer >= 1, got {getattr(self, name)}")
         if self.warmup_epochs < 0:
             raise PruningError(f"ResRepConfig.warmup_epochs must be >= 0, got {self.warmup_epochs}")
@@ -102,7 +105,13 @@ class ResRep:
         self.target_macs = 0.0
         self.warmup_steps = 0
         self.example: Tensor | None = None
+        self.schedule: MaskSchedule | None = None  # the mask interval and granularity in use, set by prepare()
         self.conversion_error: float | None = None  # pruned vs masked model, set by prune()
+
+    def _schedule(self) -> MaskSchedule:
+        if self.schedule is None:
+            raise RuntimeError("ResRep: prepare() must run before training and pruning")
+        return self.schedule
 
     def _prepared(self) -> tuple[CostModel, Tensor]:
         if self.cost is None or self.example is None:
@@ -110,8 +119,12 @@ class ResRep:
         return self.cost, self.example
 
     # -- setup -------------------------------------------------------------------------------
-    def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int) -> nn.Module:
-        """Find the groups of the deploy ``model``, check the target is reachable, attach compactors."""
+    def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int,
+                epochs: int = 1) -> nn.Module:
+        """Find the groups of the deploy ``model``, check the target is reachable, plan the masks, attach compactors.
+
+        ``steps_per_epoch`` x ``epochs`` is the training schedule the mask knobs are planned for.
+        """
         scan = find_groups(model, example)
         if not scan.groups:
             raise PruningError(f"no prunable channel group in this model (skipped: {_reasons(scan.skipped)})")
@@ -125,6 +138,12 @@ class ResRep:
             )
         self.target_macs = target_macs
         self.warmup_steps = round(self.config.warmup_epochs * steps_per_epoch)
+        self.schedule, problem = plan_schedule(
+            self.config.mask_interval, self.config.granularity, steps=steps_per_epoch * epochs,
+            warmup_steps=self.warmup_steps, channels=channels_to_mask(self.groups, self.cost, target_macs),
+        )
+        if problem:
+            warnings.warn(problem, stacklevel=2)
         self.example = example
         self.masked = {g.root: torch.zeros(g.size, dtype=torch.bool) for g in self.groups}
         self.sites = {g.root: [self._wrap(model, member) for member in g.producers] for g in self.groups}
@@ -159,8 +178,9 @@ class ResRep:
         """After backward: periodic mask update, then task gradient reset on masked rows + group lasso."""
         self.step += 1
         since = self.step - self.warmup_steps
-        if since > 0 and since % self.config.mask_interval == 0:
-            self.apply_masks(self.next_masks(self.config.granularity))
+        schedule = self._schedule()
+        if since > 0 and since % schedule.interval == 0:
+            self.apply_masks(self.next_masks(schedule.granularity))
         lasso = self.config.lasso
         with torch.no_grad():
             for wrapper in self.compactors():
@@ -261,6 +281,8 @@ class ResRep:
     def summary(self) -> dict[str, Any]:
         return {
             "config": asdict(self.config),
+            "mask_schedule": None if self.schedule is None else {
+                **asdict(self.schedule), "updates": self.schedule.updates, "capacity": self.schedule.capacity},
             "prunable_groups": len(self.groups),
             "skipped_groups": dict(self.skipped),
             "mask_updates": len(self.history),

@@ -12,9 +12,11 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     d = ResRepConfig()
     parser.add_argument("--lasso", type=float, help=default_help("group-lasso strength on compactor rows", d, "lasso"))
     parser.add_argument("--mask-interval", dest="mask_interval", type=int,
-                        help=default_help("iterations between mask updates", d, "mask_interval"))
+                        help="iterations between mask updates (default: derived from the schedule so that the "
+                             "target is reached gradually; the published 200 on long schedules)")
     parser.add_argument("--granularity", type=int,
-                        help=default_help("most newly masked channels per update", d, "granularity"))
+                        help="most newly masked channels per update (default: derived from the schedule; the "
+                             "published 4 on long schedules)")
     parser.add_argument("--warmup-epochs", dest="warmup_epochs", type=float,
                         help=default_help("epochs before the first mask update", d, "warmup_epochs"))
 

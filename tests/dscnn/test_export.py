@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def test_cli_bad_checkpoints(tmp_path: Path) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("args", [[], ["--onnx", "m.pt"], ["--onnx", "a.onnx", "--opset", "3"],
+@pytest.mark.parametrize("args", [["--onnx", "m.pt"], ["--onnx", "a.onnx", "--opset", "3"],
                                   ["--onnx", "a.onnx", "--resolution", "-1"]])
 def test_cli_bad_flags(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -182,12 +183,134 @@ def test_real_data_folder_errors(tmp_path: Path) -> None:
             run_export(ExportConfig(str(ckpt), onnx=str(tmp_path / "m.onnx"), real_data=str(folder), latency=None))
 
 
-def test_check_accepts_float32_limited_error_but_not_worse() -> None:
-    """Tiny logits next to large activations: PyTorch fp32 itself misses 1e-5; the export may match that."""
-    from dscnn.export import OutputCheck
+class _Gate(nn.Module):
+    """SCConv-SRU-like hard threshold on a gate, and logits far smaller than the activations."""
 
-    limited = OutputCheck("real", 8, 1e-5, 7e-5, torch_fp32_rel_error=2e-5, fp64_rel_error=3e-5)
-    worse = OutputCheck("real", 8, 1e-5, 7e-5, torch_fp32_rel_error=2e-5, fp64_rel_error=9e-5 * 2)
-    exact = OutputCheck("random", 4, 1e-7, 5e-7)
-    assert limited.passed() and exact.passed() and not worse.passed()
-    assert not OutputCheck("x", 1, 1.0, float("nan"), fp64_rel_error=float("nan")).passed()
+    def __init__(self, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.gate, self.value, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+        self.threshold = threshold
+        with torch.no_grad():  # channels 0 and 1 sit within float32 rounding of the threshold
+            self.gate.weight.zero_()
+            self.gate.bias.copy_(torch.tensor([1e-8, -1e-8, 1.0, -1.0]))
+            self.value.bias.fill_(10.0)  # large activations ...
+            self.head.weight.mul_(1e-3)  # ... tiny logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(x))
+        y = torch.where(g > self.threshold, torch.ones_like(g), g) * self.value(x)
+        return self.head(y.mean((2, 3)))
+
+
+def _runtime(model: nn.Module) -> Any:
+    """Another float32 runtime: runs ``model`` in float32 and reports its comparisons, as onnxruntime does."""
+    from dscnn.export.decisions import recorded_decisions
+
+    def run(x: torch.Tensor) -> tuple[Any, list[torch.Tensor]]:
+        with torch.inference_mode(), recorded_decisions() as decisions:
+            return model(x).numpy(), list(decisions)
+
+    return run
+
+
+def test_flips_within_rounding_of_a_threshold_pass_when_nothing_else_does() -> None:
+    """A runtime deciding near-threshold gates otherwise than PyTorch and float64 (as MLAS did in issue 17)."""
+    from dscnn.export.files import _compare
+
+    model = _Gate().eval()
+    other = _Gate(threshold=0.5 - 2**-25).eval()  # one float32 ulp below: decides the -1e-8 channel otherwise
+    other.load_state_dict(model.state_dict())
+    check, = _compare(model, _runtime(other), _inputs())
+    assert check.max_rel_error > 1e-3  # far from PyTorch's logits, relatively: tiny logits, a real jump
+    assert check.passed() and check.decisions_flipped > 0 and check.fp64_abs_error < 1e-7
+    wrong = _Gate(threshold=0.8).eval()  # a wrong gate: sigmoid(1) = 0.73 is decided otherwise
+    wrong.load_state_dict(model.state_dict())
+    check, = _compare(model, _runtime(wrong), _inputs())
+    assert not check.passed() and "decided otherwise" in check.problem()
+
+
+def _tiny_logits() -> nn.Module:
+    model = _tiny("resnet_cifar")
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(1e-4)  # logits ~1e-4 of the features: float32 noise is 1e-3 of them
+        model.get_classifier().bias.zero_()
+    return dscnn.deploy_copy(model)
+
+
+def test_tiny_logits_pass_and_real_bugs_still_fail(tmp_path: Path) -> None:
+    model = _tiny_logits()
+    path = export_onnx(model, tmp_path / "m.onnx", resolution=32, fuse=False)
+    assert verify_onnx(model, path, _inputs()).ok
+    proto = onnx.load(str(path))
+    logits = verify_onnx(model, path, _inputs()).checks[0]
+    for label, tamper in (("classifier bias", _shift_last_bias), ("a conv bias", _shift_conv_bias)):
+        broken = onnx.load(str(path))
+        tamper(broken)
+        onnx.save(broken, str(tmp_path / "broken.onnx"))
+        check = verify_onnx(model, tmp_path / "broken.onnx", _inputs()).checks[0]
+        assert not check.passed(), label
+    assert logits.allowed_abs_error > 0 and proto.graph.node
+
+
+def _initializer(proto: onnx.ModelProto, name: str) -> tuple[Any, Any]:
+    from onnx import numpy_helper
+
+    init = next(i for i in proto.graph.initializer if i.name == name)
+    return init, numpy_helper.to_array(init).copy()
+
+
+def _replace(init: Any, array: Any) -> None:
+    from onnx import numpy_helper
+
+    init.CopyFrom(numpy_helper.from_array(array, init.name))
+
+
+def _shift_last_bias(proto: onnx.ModelProto) -> None:
+    """The classifier's bias off by 10% of the largest logit (~1e-5 absolute)."""
+    gemm = next(n for n in reversed(proto.graph.node) if n.op_type in ("Gemm", "Add", "MatMul"))
+    name = next(i for i in gemm.input if any(init.name == i for init in proto.graph.initializer)
+                and len(_initializer(proto, i)[1].shape) == 1)
+    init, bias = _initializer(proto, name)
+    bias[0] += 1e-5
+    _replace(init, bias)
+
+
+def _shift_conv_bias(proto: onnx.ModelProto) -> None:
+    """One conv bias off by 1e-3 of its own magnitude: a fold that is almost right."""
+    conv = [n for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 2][2]
+    init, bias = _initializer(proto, conv.input[2])
+    bias += 1e-3 * abs(bias).max()
+    _replace(init, bias)
+
+
+def test_dropped_batchnorm_fails(tmp_path: Path) -> None:
+    model = _tiny("repvgg")
+    dropped = dscnn.deploy_copy(model)
+    convs = [m for m in dropped.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():  # a BN "folded" as the identity: kernel and bias left as the bare conv's
+        convs[1].weight.mul_(1.0 / 1.3)
+        convs[1].bias.zero_()
+    path = export_onnx(dropped, tmp_path / "m.onnx", resolution=32, fuse=False)
+    report = verify_onnx(model, path, _inputs())
+    assert not report.ok and "from the float64 reference" in report.problems[0]
+
+
+def test_failed_export_leaves_no_file_and_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import dscnn.export.run as run_module
+
+    ckpt = _save(tmp_path, _tiny("resnet_cifar"), "ckpt.pt")
+    assert main([str(ckpt), "--no-latency", "--num-real", "0"]) == 0  # no --onnx: beside the checkpoint
+    assert (tmp_path / "ckpt.onnx").is_file() and "all checks passed" in capsys.readouterr().out
+    (tmp_path / "ckpt.onnx").unlink()
+    real = run_module.verify_onnx
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        report = real(*args, **kwargs)
+        return dataclasses.replace(report, branches=("2 parallel Conv nodes (a, b) read 'x' and are summed",))
+
+    monkeypatch.setattr(run_module, "verify_onnx", failing)
+    assert main([str(ckpt), "--torchscript", str(tmp_path / "m.ts"), "--onnx", str(tmp_path / "m.onnx"),
+                 "--no-latency", "--num-real", "0"]) == 1
+    assert "nothing written" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no file, no temp

@@ -35,3 +35,9 @@ def test_target_at_or_above_current() -> None:
         parse_target("300M").resolve(300e6)
     with pytest.raises(ValueError, match="at or above"):
         parse_target("1G").resolve(300e6)
+
+
+@pytest.mark.parametrize(("text", "hint"), [("0.3", "did you mean 0.3x .* or 0.3G"), ("300", "did you mean 300M")])
+def test_a_bare_number_is_a_slip_for_a_unit(text: str, hint: str) -> None:
+    with pytest.raises(ValueError, match=hint):
+        parse_target(text)

@@ -16,49 +16,23 @@ from studies.run import load_plan, main, run_study
 
 ROOT = Path(__file__).resolve().parents[2]
 
-STUDY = """
-out = "{out}"
-
-[search]
-space = "dscnn"
-budget_flops = "50M"
-trials = 4
-no_baselines = true
-epochs = 1
-train_per_class = 6
-val_per_class = 4
-batch_size = 20
-device = "cpu"
-threads = 1
-
-[retrain]
-epochs = 1
-
-[prune]
-method = "resrep"
-target_flops = "0.5x"
-epochs = 1
-finetune_epochs = 0
-mask_interval = 1
-warmup_epochs = 0.0
-
-[export]
-torchscript = false
-"""
+SHIPPED = ROOT / "studies" / "tiny_e2e.toml"
+#: The shipped study, unchanged, made tinier only through the documented ``--set`` overrides.
+TINY = ["search.train_per_class=6", "search.val_per_class=4", "search.batch_size=20", "search.threads=1",
+        "retrain.epochs=1", "prune.finetune_epochs=0"]
 
 
-def _write(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(STUDY.format(out=tmp_path / "run"))
-    return path
+def _overrides(tmp_path: Path) -> list[str]:
+    return [*TINY, f'out="{tmp_path / "run"}"']
 
 
-def test_chain_runs_end_to_end_and_resumes_after_kill(tmp_path: Path) -> None:
-    path = _write(tmp_path)
+def test_shipped_study_runs_end_to_end_and_resumes_after_kill(tmp_path: Path) -> None:
+    path, overrides = SHIPPED, _overrides(tmp_path)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    worker = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "studies.run", str(path)], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    worker = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "studies.run", str(path), *sets], cwd=tmp_path,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     search_done = out / "search" / "done.json"
     deadline = time.time() + 240
     while not search_done.exists() and worker.poll() is None and time.time() < deadline:
@@ -67,20 +41,22 @@ def test_chain_runs_end_to_end_and_resumes_after_kill(tmp_path: Path) -> None:
     worker.send_signal(signal.SIGKILL)  # mid-way: somewhere in retrain (or later)
     worker.wait()
     stamp = search_done.stat().st_mtime_ns
-    records = run_study(load_plan(path))
+    records = run_study(load_plan(path, overrides))
     assert search_done.stat().st_mtime_ns == stamp  # finished stage not redone
     for stage in ("search", "retrain", "prune", "export", "report"):
         assert (out / stage / "done.json").is_file(), stage
     prune = records["prune"]["report"]
     assert prune["after"]["macs"] <= prune["target_macs"] < prune["before"]["macs"]
     assert records["export"]["ok"] and records["export"]["onnx"]["batchnorm_nodes"] == 0
+    assert all(c["fp64_abs_error"] <= c["allowed_abs_error"] for c in records["export"]["onnx"]["checks"])
     report = (out / "report" / "report.md").read_text()
     for needle in ("## Winner", "## Before and after pruning", "widths.png", "## Environment", "python -m studies.run"):
         assert needle in report
     assert (out / "report" / "widths.png").stat().st_size > 1000
     assert (out / "report" / "pareto.png").stat().st_size > 1000
     before = json.loads(search_done.read_text())
-    assert run_study(load_plan(path))["search"] == before  # a third run does nothing new
+    assert run_study(load_plan(path, overrides))["search"] == before  # a third run does nothing new
+    assert sorted(p.name for p in (out / "export").iterdir()) == ["done.json", "model.onnx", "model.ts"]
 
 
 @pytest.mark.parametrize(
@@ -99,3 +75,13 @@ def test_bad_study_files_are_rejected_before_running(tmp_path: Path, text: str, 
     assert main([str(path)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_overrides_are_checked_like_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = load_plan(SHIPPED, [*TINY, 'out="x"', "prune.target_flops=0.3x"])
+    assert plan.out == Path("x") and plan.target_flops == "0.3x" and plan.search["train_per_class"] == 6
+    assert plan.prune_options["mask_interval"] == 5  # untouched keys keep the file's values
+    for bad, message in (("search", "expected TABLE.KEY=VALUE"), ("bogus.x=1", "unknown table"),
+                         ("prune.target_flops=0.3", "did you mean 0.3x"), ("a.b.c=1", "expected")):
+        assert main([str(SHIPPED), "--set", bad]) == 2
+        assert message in capsys.readouterr().err, bad
