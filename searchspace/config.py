@@ -22,6 +22,7 @@ import torch
 
 from dscnn.data import DATASETS, DataConfig
 from dscnn.latency import LatencySettings
+from dscnn.runtimes import RUNTIMES
 from dscnn.train import OPTIMIZERS, TrainConfig
 from dscnn.units import parse_macs
 from searchspace.baselines import BASELINES
@@ -179,6 +180,8 @@ SETTINGS: dict[str, Setting] = {
     "train_device": _s("*", "train_device", str, "device and measurement",
                        "where models are trained when not where they are timed (e.g. a CPU budget, GPU training)",
                        DEVICES),
+    "runtime": _s("latency", "runtime", str, "device and measurement",
+                  "runtime the deploy form is timed in: what you ship with", RUNTIMES),
     "latency_batch": _s("latency", "batch", int, "device and measurement", "batch size of the latency measurement"),
     "threads": _s("latency", "threads", int, "device and measurement", "CPU threads during latency measurement"),
     "cache": _s("", "cache_path", str, "device and measurement", "latency cache file (None: $REPNAS_CACHE or ~/.cache/repnas)"),

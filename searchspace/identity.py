@@ -22,7 +22,6 @@ from searchspace.config import SearchConfig
 
 DEFINITION_ATTR = "definition"
 IDENTITY_FILE = "study.json"
-RUNTIME = "eager"  # the runtime latencies are measured in (PyTorch eager mode)
 
 
 class SearchError(ValueError):
@@ -51,7 +50,7 @@ def definition(config: SearchConfig, num_classes: int, resolution: int) -> dict[
         "data_seed": data.seed, "resolution": resolution, "num_classes": num_classes,
         "budget_ms": config.budget_ms, "budget_macs": config.budget_macs, "device": latency.device,
         "train_device": train.device,
-        "runtime": RUNTIME, "latency_batch": latency.batch, "threads": latency.threads,
+        "runtime": latency.runtime, "latency_batch": latency.batch, "threads": latency.threads,
         "precision": latency.precision, "space": config.space, "pareto": config.pareto,
         "epochs": train.epochs, "batch_size": train.batch_size, "optimizer": train.optimizer, "lr": train.lr,
     }

@@ -40,6 +40,10 @@ class TrialCost:
     params_train: int
     params_deploy: int
     device: str
+    runtime: str = "eager"  # dscnn.runtimes name the deploy form was timed in
+    runtime_version: str = ""
+    load: float | None = None  # other processes' CPU share while timing (dscnn.machine_load)
+    busy: bool = False  # timed on a busy machine: the number is suspect (never cached)
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,8 @@ class SearchObjective:
         attrs: dict[str, Any] = {
             "latency_ms": cost.latency_ms, "latency_spread_ms": cost.latency_spread_ms, "macs": cost.macs,
             "params_train": cost.params_train, "params_deploy": cost.params_deploy,
-            "device": cost.device,
+            "device": cost.device, "runtime": cost.runtime, "runtime_version": cost.runtime_version,
+            "latency_load": cost.load, "latency_busy": cost.busy,
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)

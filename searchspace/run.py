@@ -29,6 +29,7 @@ import dscnn
 from dscnn.cost import measure_deploy_cost
 from dscnn.data import ImageDataset, load_dataset
 from dscnn.measure_cache import MeasureCache
+from dscnn.runtimes import check_runtime
 from dscnn.train import TrainingDiverged, resolve_device, train_and_evaluate
 from searchspace import report
 from searchspace.config import SearchConfig
@@ -123,6 +124,7 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
     the study's definition and the output folder's owner; then the outputs folder and the study
     (orphans failed, interrupted or lost trials re-queued, baselines enqueued)."""
     check_paths(config)
+    check_runtime(config.latency)  # an unavailable runtime fails now, in one line, not in trial 0
     if config.data.name == "embedded" and config.data.data_dir:
         console.log(f"[yellow]warning:[/yellow] --data-dir {config.data.data_dir!r} is ignored: the embedded data set "
                     "ships inside the package (give --dataset to read a data set from a folder)")
@@ -208,6 +210,8 @@ def build_objective(config: SearchConfig, data: ImageDataset, console: Console |
         return TrialCost(
             latency_ms=cost.latency.median_ms, latency_spread_ms=cost.latency.max_ms - cost.latency.min_ms, macs=cost.macs,
             params_train=cost.params_train, params_deploy=cost.params_deploy, device=latency.device,
+            runtime=cost.latency.runtime, runtime_version=cost.latency.runtime_version, load=cost.latency.load,
+            busy=cost.latency.busy,
         )
 
     @functools.cache
@@ -255,6 +259,10 @@ def write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int
     if report.trained(rows):
         report.print_table(front, console)
     budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs}
+    busy = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("latency_busy")]
+    if busy:
+        console.log(f"[yellow]warning:[/yellow] trials {busy} were timed on a busy machine: their latencies are "
+                    "suspect (recheck: python -m dscnn.bench --recheck --study ...)")
     if best is None:
         for name in ("best.json", "best.pt", "best_deploy.pt"):  # never leave an earlier winner as this one
             (out / name).unlink(missing_ok=True)

@@ -161,3 +161,15 @@ def test_a_damaged_journal_is_one_line_on_the_command_line(tmp_path: Path, capsy
     code = search.main(_tiny_argv(tmp_path))
     out = capsys.readouterr()
     assert code == 2 and "python -m searchspace.repair" in out.out and "Traceback" not in out.out + out.err
+
+
+def test_the_runtime_is_a_search_setting_recorded_with_every_trial(tmp_path: Path) -> None:
+    config = SearchConfig.from_mapping({"device": "cpu", "runtime": "onnxruntime"})
+    assert config.latency.runtime == "onnxruntime"
+    with pytest.raises(ValueError, match="runtime"):
+        SearchConfig.from_mapping({"device": "cpu", "runtime": "tensorrt"})
+    tiny = _config(tmp_path, trials=1)
+    run_search(tiny, show_progress=False)
+    trial = load_study(tiny).trials[0]
+    assert trial.user_attrs["runtime"] == "eager" and "latency_busy" in trial.user_attrs
+    assert load_study(tiny).user_attrs["definition"]["runtime"] == "eager"
