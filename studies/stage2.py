@@ -36,7 +36,7 @@ from searchspace.device_lock import DeviceLock
 from searchspace.report import TrialRow, trained, trial_rows
 from studies.plan import StudyError
 
-__all__ = ["Candidate", "Stage2Config", "run_stage2", "select_candidates"]
+__all__ = ["Candidate", "Stage2Config", "markdown", "run_record", "run_stage2", "select_candidates", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -208,6 +208,12 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def _slug(label: str) -> str:
     return label.replace(" ", "_").replace("/", "_")
+
+
+def run_record(out: Path, label: str, seed: int) -> dict[str, Any]:
+    """The stored result of one stage-2 training (its ``checkpoint`` resolved to a path)."""
+    doc = dict(json.loads((out / "runs" / f"{_slug(label)}-s{seed}.json").read_text()))
+    return {**doc, "checkpoint": str(out / "runs" / doc["checkpoint"])}
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

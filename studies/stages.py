@@ -31,8 +31,22 @@ def search(plan: StudyPlan, records: dict[str, Record], console: Console) -> Rec
     }
 
 
+def stage2(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
+    """The final comparison (`studies.stage2`), when the study file has a [stage2] table."""
+    if plan.stage2 is None:
+        return {"skipped": True}
+    from studies.stage2 import run_stage2
+
+    summary = run_stage2(plan.search_config(), plan.stage2, plan.stage_dir("stage2"), console)
+    console.print(f"stage 2: {summary['verdict']}")
+    return {"skipped": False, "summary": summary, "table": str(plan.stage_dir("stage2") / "stage2.md")}
+
+
 def retrain(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
-    """The winner's architecture trained from scratch for the final epoch budget."""
+    """The winner's architecture trained from scratch for the final epoch budget; after a stage 2,
+    its best searched model by validation accuracy (seed 0) instead, trained there already."""
+    if not records.get("stage2", {}).get("skipped", True):
+        return _stage2_winner(plan, records["stage2"]["summary"])
     from dscnn.data import load_dataset
     from dscnn.train import train_and_evaluate
 
@@ -47,6 +61,16 @@ def retrain(plan: StudyPlan, records: dict[str, Record], console: Console) -> Re
     dscnn.save_checkpoint(path, model.cpu(), metrics={"accuracy": result.final_accuracy})
     return {"checkpoint": str(path), "accuracy": result.final_accuracy, "epoch_accuracies": list(result.val_accuracies),
             "epochs": train.epochs}
+
+
+def _stage2_winner(plan: StudyPlan, summary: Record) -> Record:
+    from studies.stage2 import run_record
+
+    searched = [r for r in summary["rows"] if not r["baseline"]]
+    best = max(searched, key=lambda r: r["val_mean"])  # chosen by validation, like everything else
+    run = run_record(plan.stage_dir("stage2"), best["label"], summary["seeds"][0])
+    return {"checkpoint": run["checkpoint"], "accuracy": run["val_accuracy"], "test_accuracy": run["test_accuracy"],
+            "epochs": run["epochs"], "from_stage2": best["label"]}
 
 
 def _algorithm(plan: StudyPlan) -> Any:

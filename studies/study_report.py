@@ -11,7 +11,7 @@ from rich.console import Console
 
 from dscnn.environment import environment
 from dscnn.units import format_macs
-from studies.run import StudyPlan
+from studies.plan import StudyPlan
 
 Record = dict[str, Any]
 
@@ -30,6 +30,7 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
     lines = [
         f"# Study `{plan.path.stem}`",
         "",
+        *_stage2_section(plan, records.get("stage2", {})),
         f"Search: {search['finished_trials']} trials in study `{search['study_name']}` ({search['storage']}), "
         f"budget: {_budget(search)}; latency measured on {search['device']} ({search['threads']} thread(s), batch 1, "
         "deploy form).",
@@ -91,6 +92,13 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _stage2_section(plan: StudyPlan, stage2: Record) -> list[str]:
+    """The report leads with the final comparison, read from the table stage 2 stored."""
+    if stage2.get("skipped", True):
+        return []
+    return ["## Searched vs hand-designed (stage 2)", "", Path(stage2["table"]).read_text().strip(), ""]
 
 
 def _budget(search: Record) -> str:

@@ -104,3 +104,24 @@ def test_stage2_needs_a_test_split_apart_from_validation(tmp_path: Path) -> None
         run_stage2(search, Stage2Config(), tmp_path / "s")
     with pytest.raises(StudyError, match="two different seeds"):
         Stage2Config(seeds=(0,))
+
+
+def test_the_study_runner_runs_stage2_and_retrain_takes_its_winner_by_validation(tmp_path: Path) -> None:
+    from studies.run import load_plan, run_study
+
+    study_file = tmp_path / "two_stage.toml"
+    study_file.write_text(
+        f'out = "{tmp_path / "study"}"\n[search]\nstudy_name = "s2"\nstorage = "{tmp_path / "studies.db"}"\n'
+        f'cache = "{tmp_path / "latency.sqlite"}"\ndevice_lock = "{tmp_path / "device.lock"}"\n'
+        'device = "cpu"\nbudget_ms = 1e6\ntrain_per_class = 6\nholdout_per_class = 2\ntest_per_class = 2\n'
+        'epochs = 1\nbatch_size = 20\nspace = "dscnn"\n'
+        '[stage2]\ntop_k = 1\nseeds = [0, 1]\nepochs = 1\n'
+    )
+    plan = load_plan(study_file)
+    search = _search(tmp_path)  # the stage-1 study, as if the search stage had run ...
+    (plan.stage_dir("search")).mkdir(parents=True)
+    (plan.stage_dir("search") / "done.json").write_text(json.dumps({"study_name": "s2", "out": search.out}))
+    records = run_study(plan, stop_after="retrain")  # ... so the runner resumes at stage 2
+    assert not records["stage2"]["skipped"] and records["retrain"]["from_stage2"] == "trial 1"
+    assert Path(records["retrain"]["checkpoint"]).is_file()
+    assert (plan.stage_dir("stage2") / "done.json").is_file()
