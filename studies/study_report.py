@@ -38,7 +38,8 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
         "",
         "## Accuracy vs latency",
         "",
-        "![Pareto plot: searched trials, Pareto front, hand-designed baselines (stars), budget](pareto.png)",
+        "![Pareto plot: searched trials, Pareto front, each hand-designed baseline named in the legend, "
+        "over-budget trials (x), budget line](pareto.png)",
         "",
         f"## Winner: {search['best_trial']} ({search['arch'].get('family')})",
         "",
@@ -61,6 +62,7 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
         f"FLOPs -{pr['macs_reduction']:.1%}; top-1 right after pruning, before fine-tuning: "
         f"{_fmt(pr['accuracy_after_prune'])}.",
         "",
+        *_pruning_warnings(pr),
         "![Per-layer output widths before and after pruning](widths.png)",
         "",
         "## Export",
@@ -92,6 +94,25 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _pruning_warnings(pr: Record) -> list[str]:
+    """What the pruning run warned about on the console, so the report cannot hide it."""
+    facts, lines = pr.get("algorithm", {}), []
+    from pruning.csgd import CONVERGED
+    from pruning.resrep import SMALL_ROW_NORM
+
+    merge = facts.get("merge_relative_error")
+    if merge is not None and merge > CONVERGED:
+        lines.append(f"**Warning:** C-SGD's cluster merge changed the outputs by {merge:.3g} (relative, above "
+                     f"{CONVERGED:g}): the clusters had not converged; train longer or raise the centripetal strength.")
+    norm = facts.get("max_removed_row_norm")
+    if norm is not None and norm > SMALL_ROW_NORM:
+        lines.append(f"**Warning:** ResRep removed compactor rows of norm up to {norm:.3g} (above {SMALL_ROW_NORM:g}): "
+                     "the lasso had not shrunk them yet.")
+    if facts.get("forced_final_mask"):
+        lines.append("**Warning:** ResRep reached the target only with a forced final mask update (not gradually).")
+    return [*lines, ""] if lines else []
 
 
 def _stage2_section(plan: StudyPlan, stage2: Record) -> list[str]:
@@ -139,21 +160,33 @@ def _latency(record: dict[str, Any] | None) -> str:
 
 
 def _plot_widths(widths: dict[str, list[int]], png: Path) -> None:
+    """Kept fraction of each layer's output channels (so a 1280-wide head does not flatten the rest),
+    layers named on the axis, the unpruned width printed above each bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(widths)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(names)), 3.5))
-    ax.bar(range(len(names)), [widths[n][0] for n in names], color="lightgrey", label="before")
-    ax.bar(range(len(names)), [widths[n][1] for n in names], color="tab:blue", label="after pruning")
-    ax.set_xlabel("layer (conv / linear, in order)")
-    ax.set_ylabel("output channels")
-    ax.legend(fontsize=8)
+    names = [n for n in widths if widths[n][0] > 0]
+    kept = [widths[n][1] / widths[n][0] for n in names]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names)), 4.5))
+    ax.bar(range(len(names)), [1.0] * len(names), color="lightgrey", label="before (= 1)")
+    ax.bar(range(len(names)), kept, color="tab:blue", label="kept after pruning")
+    for i, n in enumerate(names):
+        ax.text(i, 1.01, str(widths[n][0]), ha="center", va="bottom", fontsize=5, rotation=90)
+    ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=90, fontsize=6)
+    ax.set_ylim(0, 1.25)
+    ax.set_ylabel("output channels kept (fraction)")
+    ax.set_title("per-layer widths (number above a bar: channels before pruning)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def _short(name: str) -> str:
+    """``stages.1.2.expand.conv`` -> ``s1.2.expand``: readable tick labels."""
+    return name.replace("stages.", "s").replace(".conv", "").replace("blocks.", "b")
 
 
 def _dashboard_screenshot(search: Record, png: Path, console: Console) -> bool:

@@ -173,3 +173,31 @@ def test_the_runtime_is_a_search_setting_recorded_with_every_trial(tmp_path: Pat
     trial = load_study(tiny).trials[0]
     assert trial.user_attrs["runtime"] == "eager" and "latency_busy" in trial.user_attrs
     assert load_study(tiny).user_attrs["definition"]["runtime"] == "eager"
+
+
+def test_chance_level_and_other_notes_are_said(tmp_path: Path) -> None:
+    assert run._chance_warning(0.12, 10) is not None and "noise" in str(run._chance_warning(0.12, 10))
+    assert run._chance_warning(0.40, 10) is None
+    config = _config(tmp_path, trials=1, baselines=("fasternet_t0_w0.5",),
+                     data=dataclasses.replace(_config(tmp_path).data, data_dir="/somewhere"))
+    console = run.Console(record=True, width=300)
+    run_search(config, console=console, show_progress=False)
+    text = console.export_text()
+    assert "--data-dir '/somewhere' is ignored" in text
+    assert "nothing will be searched" in text  # --trials no larger than the baselines
+    best = json.loads((Path(config.out_dir) / "best.json").read_text())
+    assert ("warning" in best) == (run._chance_warning(best["accuracy"], 10) is not None)
+    assert ("within 5% of chance" in text) == ("warning" in best)
+
+
+def test_when_every_trial_diverges_the_summary_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dscnn.train import TrainingDiverged
+
+    def diverge(*args: Any, **kwargs: Any) -> Any:
+        raise TrainingDiverged(0, 3)
+
+    monkeypatch.setattr(run, "train_and_evaluate", diverge)
+    config = _config(tmp_path, trials=1, budget_macs=None, budget_ms=1e6, baselines=("fasternet_t0_w0.5",))
+    console = run.Console(record=True, width=300)
+    run_search(config, console=console, show_progress=False)
+    assert "1 trials diverged (non-finite loss): lower --lr" in console.export_text()
