@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from plain_twin import plain_twin
 from rich.console import Console
 from rich.table import Table
 
 from dscnn import LatencySettings, deploy_copy, list_models, measure_latency_ms
 from dscnn.environment import environment
 from dscnn.external import create_bench_model
-from plain_twin import plain_twin
 
 DEFAULT_MODELS = ("dscnn_t0", "fasternet_t0", "falconnet", "repvgg_a0")
 TOLERANCE = 0.10  # the "within 10%"

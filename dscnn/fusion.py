@@ -105,7 +105,7 @@ def conv_from_branch(template: nn.Conv2d, branch: Branch) -> nn.Conv2d:
         template.out_channels,
         kernel_size=tuple(kernel.shape[-2:]),  # type: ignore[arg-type]
         stride=template.stride,  # type: ignore[arg-type]
-        padding=_centred_padding(tuple(kernel.shape[-2:]), template.dilation),  # type: ignore[arg-type]
+        padding=_centred_padding(tuple(kernel.shape[-2:]), template.dilation),
         dilation=template.dilation,  # type: ignore[arg-type]
         groups=template.groups,
         bias=True,

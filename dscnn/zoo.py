@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ PAPER_COUNTS: dict[str, PaperCount] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _counts(name: str, resolution: int | None = None, num_classes: int | None = None) -> dict[str, Any]:
     """Counts of model ``name`` at its default config, or at the given resolution/classes."""
     overrides = {k: v for k, v in (("resolution", resolution), ("num_classes", num_classes)) if v is not None}

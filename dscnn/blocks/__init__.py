@@ -8,7 +8,7 @@ from dscnn.blocks.repaso import ABLATION_BRANCH_SETS, BranchSet, RepASO, RepSO, 
 from dscnn.blocks.replk import RepLKConv
 from dscnn.blocks.repmix import RepMiX
 from dscnn.blocks.repvgg import RepVGGBlock
-from dscnn.blocks.scconv import CRU, SCConv, SRU
+from dscnn.blocks.scconv import CRU, SRU, SCConv
 
 __all__ = [
     "ABLATION_BRANCH_SETS", "ACBlock", "BranchConv", "BranchSet", "CRU", "ConvFFN", "RefCO", "RepASO",

@@ -65,7 +65,7 @@ class BranchConv(Reparameterizable):
         if self.fused is not None:
             return
         with torch.no_grad():
-            parts = [b.fused_branch() for b in self.branches]  # type: ignore[union-attr]
+            parts = [b.fused_branch() for b in self.branches]  # type: ignore[operator]
             if self.identity is not None:
                 parts.append(fold_identity_bn(self.identity, self.groups, (1, 1)))
             branch = sum_branches(parts, self.kernel_size)

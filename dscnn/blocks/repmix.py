@@ -44,7 +44,13 @@ import torch
 from torch import Tensor, nn
 
 from dscnn.fusion import (
-    Branch, concat_branches, conv_from_branch, fold_identity_bn, identity_kernel, scale_branch, sum_branches,
+    Branch,
+    concat_branches,
+    conv_from_branch,
+    fold_identity_bn,
+    identity_kernel,
+    scale_branch,
+    sum_branches,
 )
 from dscnn.layers import ConvBN
 from dscnn.reparam import Reparameterizable
@@ -98,7 +104,7 @@ class RepMiX(Reparameterizable):
     def _mixer_minus_norm(self) -> Branch:
         k = (self.kernel_size, self.kernel_size)
         parts = [
-            concat_branches([g.fused_branch() for g in layer], k) for layer in self.mix  # type: ignore[union-attr]
+            concat_branches([g.fused_branch() for g in layer], k) for layer in self.mix  # type: ignore[attr-defined]
         ]
         parts.append(self.pointwise.fused_branch())
         parts.append(fold_identity_bn(self.skip, self.channels, (1, 1)))
@@ -121,8 +127,8 @@ class RepMiX(Reparameterizable):
     def _mix_forward(self, x: Tensor) -> Tensor:
         out: Tensor | None = None
         for layer in self.mix:
-            sizes = [g.conv.in_channels for g in layer]  # type: ignore[union-attr]
-            y = torch.cat([g(part) for g, part in zip(layer, torch.split(x, sizes, dim=1))], dim=1)
+            sizes = [g.conv.in_channels for g in layer]  # type: ignore[attr-defined]
+            y = torch.cat([g(part) for g, part in zip(layer, torch.split(x, sizes, dim=1))], dim=1)  # type: ignore[call-overload]
             out = y if out is None else out + y
         assert out is not None
         return out
