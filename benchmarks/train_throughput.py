@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from plain_twin import plain_twin
 from torch import nn
 
 from dscnn import create_model, deploy_copy
@@ -44,7 +45,6 @@ from dscnn.environment import environment
 from dscnn.latency import pin_malloc
 from dscnn.memory_format import choose_memory_format
 from dscnn.online import to_online
-from plain_twin import plain_twin
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 MODELS = ("dscnn_t0", "dscnn_t1", "falconnet", "repvgg_a0", "fasternet_t0", "resnet20")
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(rows))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"command": "benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]), "rounds": a.rounds,
+    command = "benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    doc = {"command": command, "rounds": a.rounds,
            "load_average_before": load_before, "load_average_after": os.getloadavg(),
            "environment": environment(a.device, int(a.threads.split(",")[0])), "results": rows}
     out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -23,6 +23,7 @@ interpretation:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from dscnn.blocks.branch_conv import BranchConv
 from dscnn.fusion import conv_from_branch, fold_bn_module, identity_kernel, pad_kernel
+from dscnn.layers import ConvBN
 from dscnn.reparam import Reparameterizable
 
 TRAIN_FORMS = ("exact", "online")
@@ -60,13 +62,13 @@ class OnlineBranchConv(Reparameterizable):
         """The online form of ``block``, starting from its branch kernels (not yet fused)."""
         if block.is_reparameterized:
             raise ValueError("cannot train a fused BranchConv online: convert before reparameterizing")
-        w = block.branches[0].conv.weight if len(block.branches) else None  # type: ignore[union-attr]
+        kernels = [cast(ConvBN, b).conv.weight for b in block.branches]
         online = cls(
-            block.in_channels, block.out_channels, [b.conv.weight for b in block.branches],  # type: ignore[union-attr]
+            block.in_channels, block.out_channels, kernels,
             stride=block.stride, groups=block.groups, dilation=block.dilation, identity=block.identity is not None,
         )
         online.kernel_size = block.kernel_size
-        return online.to(w.device if w is not None else torch.device("cpu"))
+        return online.to(kernels[0].device if kernels else torch.device("cpu"))
 
     @property
     def is_reparameterized(self) -> bool:

@@ -29,12 +29,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from dscnn.layers import ConvBN
+
+if TYPE_CHECKING:
+    from dscnn.blocks.branch_conv import BranchConv
 
 #: Train-mode implementations of `BranchConv`: "fast" (this module, where it `applies`) or
 #: "reference" (one conv and one BN module per branch, summed: the definition, kept for tests).
@@ -132,7 +137,7 @@ class _FastBranchSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, plan: _Plan, x: Tensor, *params: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, plan: _Plan, x: Tensor, *params: Tensor | None) -> Tensor:
         nk = len(plan.kernel_sizes)
         kernels, gammas, betas = _split(params, nk, len(plan.scaled))
         n = x.shape[0] * x.shape[2] * x.shape[3]
@@ -169,7 +174,7 @@ class _FastBranchSum(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         plan: _Plan = ctx.plan
         nk, nx = len(plan.kernel_sizes), len(plan.scaled)
         saved = ctx.saved_tensors
@@ -265,41 +270,50 @@ def _folded(
     return w_eff, bias
 
 
-def applies(module: nn.Module, x: Tensor) -> bool:
+def _branches(module: BranchConv) -> list[ConvBN]:
+    return [cast(ConvBN, b) for b in module.branches]
+
+
+def _bn(module: nn.Module | None) -> nn.BatchNorm2d:
+    assert isinstance(module, nn.BatchNorm2d)
+    return module
+
+
+def applies(module: BranchConv, x: Tensor) -> bool:
     """Whether `fast_branch_sum` computes ``module``'s train-mode forward exactly for input ``x``."""
-    convs = [b.conv for b in module.branches]  # type: ignore[union-attr]
-    bns = [b.bn for b in module.branches] + ([module.identity] if module.identity is not None else [])  # type: ignore
-    c = module.in_channels  # type: ignore[attr-defined]
+    branches = _branches(module)
+    bns = [b.bn for b in branches] + ([module.identity] if module.identity is not None else [])
+    c = module.in_channels
     return (
-        module.training and x.dim() == 4 and x.shape[1] == c and module.out_channels == c  # type: ignore
-        and module.groups == c and module.stride == 1 and x.shape[0] * x.shape[2] * x.shape[3] > 1  # type: ignore
+        module.training and x.dim() == 4 and x.shape[1] == c and module.out_channels == c
+        and module.groups == c and module.stride == 1 and x.shape[0] * x.shape[2] * x.shape[3] > 1
         and not torch.is_autocast_enabled() and x.dtype in (torch.float32, torch.float64)
         and all(isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats for bn in bns)
-        and all(cv.bias is None and cv.weight.dtype == x.dtype for cv in convs)
+        and all(b.conv.bias is None and b.conv.weight.dtype == x.dtype for b in branches)
     )
 
 
-def fast_branch_sum(module: nn.Module, x: Tensor) -> Tensor:
+def fast_branch_sum(module: BranchConv, x: Tensor) -> Tensor:
     """Train-mode forward of a depthwise `BranchConv` (see `applies`); updates running statistics."""
-    kernel_branches = [b for b in module.branches if b.conv.kernel_size != (1, 1)]  # type: ignore[union-attr]
-    pointwise = [b for b in module.branches if b.conv.kernel_size == (1, 1)]  # type: ignore[union-attr]
-    bns: list[nn.BatchNorm2d] = [b.bn for b in kernel_branches] + [b.bn for b in pointwise]
+    kernel_branches = [b for b in _branches(module) if b.conv.kernel_size != (1, 1)]
+    pointwise = [b for b in _branches(module) if b.conv.kernel_size == (1, 1)]
+    bns = [_bn(b.bn) for b in kernel_branches + pointwise]
     params: list[Tensor | None] = []
-    for b in kernel_branches + pointwise:
-        params.extend([b.conv.weight, b.bn.weight, b.bn.bias])
+    for b, bn in zip(kernel_branches + pointwise, bns):
+        params.extend([b.conv.weight, bn.weight, bn.bias])
     scaled = [True] * len(pointwise)
     if module.identity is not None:
         bns.append(module.identity)
         params.extend([None, module.identity.weight, module.identity.bias])
         scaled.append(False)
     plan = _Plan(
-        kernel_sizes=tuple(tuple(b.conv.kernel_size) for b in kernel_branches),  # type: ignore[misc]
-        scaled=tuple(scaled), eps=tuple(bn.eps for bn in bns), size=module.kernel_size,  # type: ignore
-        dilation=module.dilation,  # type: ignore[arg-type]
+        kernel_sizes=tuple((int(b.conv.kernel_size[0]), int(b.conv.kernel_size[1])) for b in kernel_branches),
+        scaled=tuple(scaled), eps=tuple(bn.eps for bn in bns), size=module.kernel_size, dilation=module.dilation,
     )
     y = _FastBranchSum.apply(plan, x, *params)
     _update_running_stats(bns, plan)
-    return y  # type: ignore[no-any-return]
+    assert isinstance(y, Tensor)
+    return y
 
 
 @torch.no_grad()
