@@ -53,6 +53,7 @@ def definition(config: SearchConfig, num_classes: int, resolution: int) -> dict[
         "runtime": latency.runtime, "latency_batch": latency.batch, "threads": latency.threads,
         "precision": latency.precision, "space": config.space, "pareto": config.pareto,
         "epochs": train.epochs, "batch_size": train.batch_size, "optimizer": train.optimizer, "lr": train.lr,
+        "seed": config.seed,  # the sampler's and every trial's seed
     }
 
 

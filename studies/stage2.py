@@ -132,7 +132,9 @@ def _train_one(candidate: Candidate, seed: int, recipe: TrainConfig, data: Image
 def _latencies(candidates: list[Candidate], search: SearchConfig, out: Path, data: ImageDataset) -> dict[str, Any]:
     path = out / "latency.json"
     if path.is_file():
-        return dict(json.loads(path.read_text()))
+        stored = dict(json.loads(path.read_text()))
+        if set(stored["results"]) == {c.label for c in candidates}:
+            return stored  # else the candidates changed: time the new set together again
     resolution = search.data.resolution or data.resolution
     settings = search.latency.replace(resolution=resolution)
     models = {c.label: dscnn.deploy_copy(dscnn.build_model(dscnn.config_from_dict(c.arch))) for c in candidates}
@@ -190,6 +192,7 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     for r in summary["rows"]:
         flag = " (noisy)" if r["latency_noisy"] else ""
+        flag += " (busy machine)" if r.get("latency_busy") else ""
         stage1 = f"{r['stage1_val_accuracy']:.4f}" if r["stage1_val_accuracy"] is not None else "-"
         lines.append(
             f"| {r['label']} | {'yes' if r['baseline'] else 'no'} | {r['test_mean']:.4f} | {r['test_std']:.4f} | "
