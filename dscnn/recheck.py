@@ -117,12 +117,24 @@ def recheck_study(storage: str, study_name: str, limit: int | None = None, log: 
     return out
 
 
-def _study_settings(storage: str, study_name: str) -> LatencySettings:
+def _load_study(storage: str, study_name: str) -> Any:
+    """The study, read with Optuna directly (dscnn stands below searchspace and never imports it):
+    a journal file for a plain path, an RDB URL otherwise."""
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
-    from searchspace.storage import open_storage
+    if "://" not in storage and not Path(storage).is_file():
+        raise ValueError(f"--study {storage!r}: no such journal file")
+    backend = storage if "://" in storage else JournalStorage(JournalFileBackend(storage))
+    try:
+        return optuna.load_study(study_name=study_name, storage=backend)
+    except KeyError:
+        raise ValueError(f"no study {study_name!r} in {storage!r}") from None
 
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+
+def _study_settings(storage: str, study_name: str) -> LatencySettings:
+    study = _load_study(storage, study_name)
     d = study.user_attrs.get("definition")
     if not isinstance(d, dict):
         raise ValueError(f"study {study_name!r} in {storage!r} records no definition: its latency settings are unknown")
@@ -132,11 +144,7 @@ def _study_settings(storage: str, study_name: str) -> LatencySettings:
 
 def _study_archs(storage: str, study_name: str) -> Iterator[tuple[dict[str, Any], list[int], float, bool | None]]:
     """(arch, trial numbers, first recorded latency, recorded busy) per distinct architecture of the study."""
-    import optuna
-
-    from searchspace.storage import open_storage
-
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    study = _load_study(storage, study_name)
     seen: dict[str, tuple[dict[str, Any], list[int], float, bool | None]] = {}
     for trial in study.get_trials(deepcopy=False):
         arch, ms = trial.user_attrs.get("arch"), trial.user_attrs.get("latency_ms")
