@@ -201,3 +201,19 @@ def test_when_every_trial_diverges_the_summary_says_so(tmp_path: Path, monkeypat
     console = run.Console(record=True, width=300)
     run_search(config, console=console, show_progress=False)
     assert "1 trials diverged (non-finite loss): lower --lr" in console.export_text()
+
+
+def test_a_study_resumes_from_another_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    config = _config(tmp_path, trials=1, budget_macs=None, budget_ms=1e6, baselines=("fasternet_t0_w0.5",),
+                     storage="studies.db", out="out")  # relative paths, as the README's commands give them
+    run_search(config, show_progress=False)
+    (tmp_path / "a" / "out" / "best.pt").unlink()
+    monkeypatch.chdir(tmp_path / "b")  # the same study, named by absolute paths, from elsewhere
+    absolute = dataclasses.replace(config, storage=str(tmp_path / "a" / "studies.db"), out=str(tmp_path / "a" / "out"))
+    console = run.Console(record=True, width=300)
+    run_search(absolute, console=console, show_progress=False)
+    assert "not on this machine" not in console.export_text()
+    assert (tmp_path / "a" / "out" / "best.pt").is_file()
