@@ -233,7 +233,8 @@ def run_algorithm(
         facts = {key: report.algorithm[key] for key in keys}
         facts.update(centripetal_strength=strength)
     result = stats(dscnn.load_checkpoint(report.output)[0], data, prune_cfg, 0.0)
-    return {**result, "accuracy_right_after_prune": report.accuracy_after_prune, **facts}
+    return {**result, "accuracy_before_conversion": report.accuracy_before_prune,
+            "accuracy_right_after_prune": report.accuracy_after_prune, **facts}
 
 
 def run_magnitude(deploy: nn.Module, target_macs: float, data: ImageDataset, prune_cfg: TrainConfig) -> dict[str, Any]:

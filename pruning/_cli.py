@@ -16,7 +16,7 @@ from typing import Any
 
 from dscnn.checkpoint import CheckpointError
 from dscnn.data import DATASETS, DataError
-from pruning.algorithm import PruningAlgorithm, PruningError
+from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
 from pruning.run import RunConfig, run_pruning
 
 #: The run flags: (flag, section of RunConfig ("" = itself, "data", "train"), field, type, help).
@@ -52,7 +52,10 @@ def build_parser(method: str, add_flags: AddFlags) -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", nargs="?", help="repnas checkpoint; with --model: an optional state_dict file")
     parser.add_argument("--model", help="prune a torchvision model by name (weights=None) instead of a checkpoint")
-    parser.add_argument("--target-flops", required=True, help="deploy MACs: 0.3G, 300M, or 0.5x the current")
+    parser.add_argument("--target-flops", help="deploy MACs: 0.3G, 300M, or 0.5x the current")
+    parser.add_argument("--target-latency", help="instead of --target-flops: measured latency, 3ms or 0.5x the current "
+                                                 "(a per-layer latency table picks the widths; the pruned model is "
+                                                 "measured, and a miss exits 1 writing nothing)")
     defaults = RunConfig(target="0.5x")
     for flag, section, name, kind, text in RUN_FLAGS:
         owner = getattr(defaults, section) if section else defaults
@@ -69,22 +72,27 @@ def build_parser(method: str, add_flags: AddFlags) -> argparse.ArgumentParser:
 def run_cli(method: str, argv: list[str] | None, add_flags: AddFlags, build: Build) -> int:
     """Parse ``argv``, run the pruning, print the report; 0 on success, 2 on bad input."""
     args = vars(build_parser(method, add_flags).parse_args(argv))
-    given = {k: v for k, v in args.items() if v is not None and k not in ("checkpoint", "model", "target_flops")}
+    given = {k: v for k, v in args.items()
+             if v is not None and k not in ("checkpoint", "model", "target_flops", "target_latency")}
     run = {(k.split(".")[0], k.split(".")[1]): v for k, v in given.items() if "." in k}
     try:
-        config = _run_config(args["target_flops"], run, given)
+        config = _run_config(args["target_flops"] or "", run, given, args["target_latency"])
         algorithm = build({k: v for k, v in given.items() if "." not in k and k not in ("time_latency", "progress")})
         _, report = run_pruning(algorithm, config, checkpoint=args["checkpoint"], torchvision_model=args["model"])
     except (PruningError, DataError, CheckpointError) as exc:  # the user's input, not a bug: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TargetMissed as exc:  # measured, and missed: say so, write nothing
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     report.print()
     print(f"wrote {report.output} and {Path(report.output).with_suffix('.json')}")
     return 0
 
 
-def _run_config(target: str, run: dict[tuple[str, str], Any], given: dict[str, Any]) -> RunConfig:
-    base = RunConfig(target=target)
+def _run_config(target: str, run: dict[tuple[str, str], Any], given: dict[str, Any],
+                target_latency: str | None = None) -> RunConfig:
+    base = RunConfig(target=target, target_latency=target_latency, time_latency=given.get("time_latency", True))
     try:
         sections = {
             section: dataclasses.replace(getattr(base, section), **{n: v for (s, n), v in run.items() if s == section})

@@ -20,6 +20,10 @@ class PruningError(ValueError):
     """A pruning run that cannot proceed as asked (bad target, knob, checkpoint/model pairing, output path)."""
 
 
+class TargetMissed(RuntimeError):
+    """The pruned model, measured, misses the latency target: nothing is written (exit status 1)."""
+
+
 class PruningAlgorithm(Protocol):
     name: str  # short name used in reports and default output paths ("resrep", "csgd")
 

@@ -59,6 +59,8 @@ class PruneReport:
     output: str = ""  # where the pruned model was written
     convention: str = CONVENTION
     latency: dict[str, Any] | None = None  # {"before", "after": LatencyResult dicts}, timed interleaved
+    # with a latency target also "target_ms", "predicted_ms", "met", "table", "where_latency_went"
+    accuracy_before_prune: float | None = None  # the trained model (compactors / clusters) before conversion
 
     @property
     def macs_reduction(self) -> float:
@@ -97,9 +99,22 @@ class PruneReport:
         return text + (" NOISY: repeats disagree by more than 20%, do not trust this change" if self.latency_noisy
                        else "")
 
+    def latency_target_line(self) -> str | None:
+        """``latency target 2.0 ms: met (measured 1.9, predicted 1.8); saved most: group (48->24) 0.3 ms, ...``."""
+        latency = self.latency or {}
+        if "target_ms" not in latency:
+            return None
+        measured = latency["after"]["median_ms"]
+        went = ", ".join(f"{row['group']} ({row['width'][0]}->{row['width'][1]}) {row['saved_ms']:.3f} ms"
+                         for row in latency.get("where_latency_went", [])[:3])
+        return (f"latency target {latency['target_ms']:.4g} ms: {'met' if latency['met'] else 'MISSED'} (measured "
+                f"{measured:.4g}, predicted {latency['predicted_ms']:.4g}); saved most: {went or '-'}")
+
     def print(self, console: Console | None = None) -> None:
         console = console or Console()
         title = f"{self.method}: {self.source}, target {self.target} ({format_macs(self.target_macs)} MACs)"
+        if "target_ms" in (self.latency or {}):
+            title = f"{self.method}: {self.source}, latency target {self.target} ({self.latency['target_ms']:.4g} ms)"  # type: ignore[index]
         table = Table(title=title)
         for column in ("", "params", "FLOPs (MACs)", "latency ms", "top-1"):
             table.add_column(column, justify="right")
@@ -112,10 +127,13 @@ class PruneReport:
         facts = [f"{text} {self.algorithm[key]:.3g}" for key, text in HEADLINE_FACTS.items()
                  if self.algorithm.get(key) is not None]
         console.print(
-            f"FLOPs -{self.macs_reduction:.1%}; top-1 right after pruning {_fmt(self.accuracy_after_prune, '{:.4f}')}"
+            f"FLOPs -{self.macs_reduction:.1%}; top-1 before conversion {_fmt(self.accuracy_before_prune, '{:.4f}')}, "
+            f"right after pruning {_fmt(self.accuracy_after_prune, '{:.4f}')}"
             + "".join(f"; {fact}" for fact in facts)
         )
         if (line := self.latency_line()) is not None:
+            console.print(line)
+        if (line := self.latency_target_line()) is not None:
             console.print(line)
         changed = {k: v for k, v in self.widths.items() if v[0] != v[1]}
         console.print(f"{len(changed)} of {len(self.widths)} layers narrowed: " + ", ".join(

@@ -30,12 +30,14 @@ from dscnn.data import DataConfig, ImageDataset, load_dataset
 from dscnn.latency import LatencySettings
 from dscnn.train import TrainConfig, evaluate_accuracy
 from dscnn.units import format_macs
-from pruning.algorithm import PruningAlgorithm, PruningError
+from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
+from pruning.groups import find_groups
+from pruning.latency_table import build_table, harness
 from pruning.outputs import check_output_paths, write_together
 from pruning.report import ModelStats, PruneReport, layer_widths
 from pruning.retrain import train_deploy
 from pruning.source import ModelSource, load_source
-from pruning.targets import parse_target
+from pruning.targets import parse_latency_target, parse_target
 from pruning.timing import compare_latency
 
 if TYPE_CHECKING:
@@ -44,14 +46,14 @@ if TYPE_CHECKING:
 
 def _retrain_recipe() -> TrainConfig:
     # training starts from a trained model: a lower peak LR and weight decay than from scratch
-    return TrainConfig(epochs=10, batch_size=64, lr=0.01, weight_decay=1e-4)
+    return TrainConfig(epochs=10, batch_size=64, lr=0.01, weight_decay=1e-4, device="auto")  # as search.py
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything about a pruning run that is not the algorithm's own knobs."""
 
-    target: str  # FLOPs target: "0.3G", "300M" (deploy MACs) or "0.5x" (of the current MACs)
+    target: str  # FLOPs target: "0.3G", "300M" (deploy MACs) or "0.5x" (of the current MACs); "" with target_latency
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=_retrain_recipe)  # epochs = training with the regularizer
     finetune_epochs: int = 0  # plain training of the pruned model afterwards (same recipe otherwise)
@@ -60,12 +62,17 @@ class RunConfig:
     latency_threads: int = 1
     device_lock: str | None = None  # the machine-wide lock held while timing; None = $REPNAS_DEVICE_LOCK or default
     progress: bool = True  # progress bars while training
+    target_latency: str | None = None  # instead of ``target``: "3ms" or "0.5x" of the measured latency
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0:
             raise PruningError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not math.isfinite(self.train.lr):
             raise PruningError(f"lr must be a finite number > 0, got {self.train.lr}")
+        if bool(self.target) == (self.target_latency is not None):
+            raise PruningError("give exactly one of --target-flops and --target-latency")
+        if self.target_latency is not None and not self.time_latency:
+            raise PruningError("--target-latency needs the latency measurements: drop --no-latency")
 
     def train_config(self, resolution: int, epochs: int) -> TrainConfig:
         return dataclasses.replace(self.train, resolution=resolution, epochs=epochs)
@@ -81,12 +88,15 @@ def run_pruning(
 ) -> tuple[nn.Module, PruneReport]:
     """Prune the model in ``checkpoint`` (or torchvision ``torchvision_model``) to ``config.target``."""
     console = console or Console(stderr=True, quiet=not config.progress)
-    parse_target(config.target)  # a malformed target fails before anything else
+    latency_target = parse_latency_target(config.target_latency) if config.target_latency is not None else None
+    if latency_target is None:
+        parse_target(config.target)  # a malformed target fails before anything else
     out = _output_path(config, checkpoint, torchvision_model, algorithm.name)
     report_path = out.with_suffix(".json")
     check_output_paths([("--out", out), ("report", report_path)])
     lock = _device_lock(config) if config.time_latency else None
     source, data, target_macs = _load(config, checkpoint, torchvision_model)
+    target_ms: float | None = None
     resolution = source.resolution or data.resolution
     train = config.train_config(resolution, config.train.epochs)
     settings = LatencySettings(resolution=resolution, threads=config.latency_threads)
@@ -99,32 +109,56 @@ def run_pruning(
                 f"target {format_macs(target_macs)}")
 
     example = torch.zeros(1, 3, resolution, resolution)
+    table = None
+    if latency_target is not None:
+        assert lock is not None
+        if not hasattr(algorithm, "latency_table"):
+            raise PruningError(f"{algorithm.name} has no latency target")
+        console.log("measuring the latency table (every layer at its candidate widths), under the device lock")
+        with lock.measuring():
+            table = build_table(model, find_groups(model, example).groups, example, settings, harness(settings))
+        target_ms = latency_target.resolve(table.base_ms)
+        target_macs = target_ms  # the algorithms' cost is then the predicted latency (`pruning.latency_table`)
+        algorithm.latency_table = table
+        algorithm.latency_measure = harness(settings, lock)  # type: ignore[attr-defined]
     steps_per_epoch = max(1, len(data.train_labels) // train.batch_size)
     work = algorithm.prepare(model, target_macs, example, steps_per_epoch, epochs=train.epochs)
     train_deploy(
         work, data, train, param_groups=algorithm.param_groups, after_backward=algorithm.regularize,
         progress=config.progress,
     )
+    accuracy_before_prune = evaluate_accuracy(work, data, train)  # the trained model, before conversion
     pruned = algorithm.prune(work)
     accuracy_after_prune = evaluate_accuracy(pruned, data, train)
     if config.finetune_epochs:
         train_deploy(pruned, data, config.train_config(resolution, config.finetune_epochs), progress=config.progress)
     pruned = pruned.cpu().eval()
     after = _stats(pruned, data, train, resolution)
-    if after.macs > target_macs:  # the algorithm's promise; never write a model that breaks it
+    if target_ms is None and after.macs > target_macs:  # the algorithm's promise; never write a model that breaks it
         raise RuntimeError(f"{algorithm.name}: pruned model has {after.macs} MACs, above the target {target_macs:.0f}")
-    latency = None
+    latency: dict[str, Any] | None = None
     if unpruned is not None:
         console.log("timing the unpruned and the pruned model, interleaved, under the device lock")
         timed = compare_latency(unpruned, pruned, settings, lock)
         before = dataclasses.replace(before, latency_ms=timed.before.median_ms, latency_noisy=timed.before.noisy)
         after = dataclasses.replace(after, latency_ms=timed.after.median_ms, latency_noisy=timed.after.noisy)
         latency = {"before": timed.before.to_dict(), "after": timed.after.to_dict()}
+        if target_ms is not None and table is not None:
+            latency |= {"target_ms": target_ms, "predicted_ms": table.predict(_group_widths(algorithm)),
+                        "met": timed.after.median_ms <= target_ms, "table": table.to_dict(),
+                        "where_latency_went": table.where_latency_went(_group_widths(algorithm))}
+            if timed.after.median_ms > target_ms:
+                raise TargetMissed(
+                    f"{algorithm.name}: the pruned model runs in {timed.after.median_ms:.4g} ms (measured), above the "
+                    f"latency target {target_ms:.4g} ms (predicted {latency['predicted_ms']:.4g} ms); nothing written"
+                )
 
     widths_after = layer_widths(pruned)
     report = PruneReport(
-        method=algorithm.name, source=source.label, target=config.target, target_macs=target_macs,
+        method=algorithm.name, source=source.label, target=config.target or str(config.target_latency),
+        target_macs=target_macs if target_ms is None else float(before.macs),
         before=before, after=after, accuracy_after_prune=accuracy_after_prune,
+        accuracy_before_prune=accuracy_before_prune,
         widths={k: (v, widths_after.get(k, 0)) for k, v in widths_before.items()},
         algorithm=algorithm.summary(), settings=dataclasses.asdict(config), resolution=resolution,
         latency_settings=settings.to_dict() if config.time_latency else None, output=str(out), latency=latency,
@@ -132,6 +166,14 @@ def run_pruning(
     metrics = _metrics(report)
     write_together([(out, lambda path: source.save(path, pruned, metrics)), (report_path, report.write_json)])
     return pruned, report
+
+
+def _group_widths(algorithm: PruningAlgorithm) -> dict[str, int]:
+    """Per group root: the width the algorithm pruned it to (ResRep: kept channels; C-SGD: clusters)."""
+    summary = algorithm.summary()
+    if "kept_widths" in summary:
+        return {r: int(w) for r, w in summary["kept_widths"].items()}
+    return {r: int(w[1]) for r, w in summary.get("widths", {}).items()}
 
 
 def _device_lock(config: RunConfig) -> DeviceLock:
@@ -147,10 +189,10 @@ def _load(
     config: RunConfig, checkpoint: str | None, torchvision_model: str | None
 ) -> tuple[ModelSource, ImageDataset, float]:
     """The model (deploy form, CPU), the data and the target in MACs; cheap checks come first."""
-    target = parse_target(config.target)
+    target = parse_target(config.target) if config.target else None  # None: a latency target, resolved later
     source = load_source(checkpoint, None, num_classes=0) if torchvision_model is None else None
     macs = count_macs(source.model, source.resolution) if source is not None else None
-    if macs is not None:
+    if macs is not None and target is not None:
         target.resolve(macs)  # a target at or above the current FLOPs fails before the data loads
     data = load_dataset(config.data)
     if source is None:
@@ -162,7 +204,7 @@ def _load(
         )
     source.model.cpu().eval()
     assert macs is not None
-    return source, data, target.resolve(float(macs))
+    return source, data, target.resolve(float(macs)) if target is not None else float(macs)
 
 
 def _stats(model: nn.Module, data: ImageDataset, train: TrainConfig, resolution: int) -> ModelStats:

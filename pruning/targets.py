@@ -61,3 +61,42 @@ def parse_target(text: str) -> MacsTarget:
                 else f"{stripped}M ({stripped}e6 MACs)")
         raise PruningError(f"FLOPs target {text!r} means {macs:g} MACs, far below any CNN: did you mean {hint}?")
     return MacsTarget(str(text), macs=macs)
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """Either an absolute latency in ms or a fraction of the unpruned model's measured latency."""
+
+    text: str  # as the user wrote it
+    ms: float | None = None  # absolute, when given as 3ms
+    fraction: float | None = None  # target / measured latency, when given as 0.5x
+
+    def resolve(self, current_ms: float) -> float:
+        """The target in ms for a model measured at ``current_ms``; must be below it."""
+        target = self.ms if self.ms is not None else current_ms * float(self.fraction or 0.0)
+        if target >= current_ms:
+            raise PruningError(
+                f"latency target {self.text!r} = {target:.4g} ms is at or above the model's measured "
+                f"{current_ms:.4g} ms: nothing to prune"
+            )
+        return target
+
+
+_MS = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*ms\s*$")
+
+
+def parse_latency_target(text: str) -> LatencyTarget:
+    """``"3ms"`` or ``"0.5x"`` (of the measured latency); a `PruningError` for anything else or a value <= 0."""
+    match = _FRACTION.match(str(text))
+    if match:
+        fraction = float(match[1])
+        if not math.isfinite(fraction) or fraction <= 0 or fraction >= 1:
+            raise PruningError(f"latency target {text!r}: the fraction must be in (0, 1), e.g. 0.5x")
+        return LatencyTarget(str(text), fraction=fraction)
+    match = _MS.match(str(text))
+    if match:
+        ms = float(match[1])
+        if not math.isfinite(ms) or ms <= 0:
+            raise PruningError(f"latency target {text!r} must be positive")
+        return LatencyTarget(str(text), ms=ms)
+    raise PruningError(f"latency target {text!r}: write milliseconds (3ms) or a fraction of the measured latency (0.5x)")

@@ -4,7 +4,7 @@
 (centripetal gradient, cluster merge), `pruning.csgd.widths` (target widths), `pruning.csgd.cli`.
 """
 
-from pruning.csgd.algorithm import CONVERGED, CSGD, VECTOR_FACTOR, CSGDConfig
+from pruning.csgd.algorithm import CONVERGED, CSGD, GAMMA_FACTOR, VECTOR_FACTOR, CSGDConfig
 from pruning.csgd.cli import main
 
-__all__ = ["CONVERGED", "CSGD", "CSGDConfig", "VECTOR_FACTOR", "main"]
+__all__ = ["CONVERGED", "CSGD", "CSGDConfig", "GAMMA_FACTOR", "VECTOR_FACTOR", "main"]

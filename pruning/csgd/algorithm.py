@@ -11,7 +11,11 @@ Networks with Complicated Structure", CVPR 2019) on the deploy graph, as docs/de
    followers) shares the leader's clusters.
 3. After every backward pass, for row i of cluster C of every producer parameter:
    ``grad_i = mean_{j in C} g_j + wd * W_i + eps * (W_i - mean_{j in C} W_j)`` (`pruning.csgd.clusters`),
-   with ``0.1 * eps`` on vectors; the optimizer's own weight decay is off for these parameters.
+   on kernels, conv biases and BN betas, and ``0.1 * eps`` on BN gammas (the official code's
+   per-vector strengths), with ``wd`` on all of them; the optimizer's own decay is off for these.
+   With ``steps`` (keep ratios, e.g. ``(13/16, 11/16)``), training is split into ``len(steps) + 1``
+   equal phases that cluster to ever fewer clusters, the last to the target widths (the official
+   ResNet-56 recipe prunes in steps).
 4. ``prune``: one channel per cluster carries the cluster mean, the consumers' input slices of the
    cluster are summed into it, and Torch-Pruning removes the rest. The surgery is checked
    numerically against the merged model; how much the merge itself changed the trained model (zero
@@ -19,12 +23,17 @@ Networks with Complicated Structure", CVPR 2019) on the deploy graph, as docs/de
 
 interpretation:
 - Training runs with BatchNorms re-inserted after the deploy graph's biased convs (`pruning.retrain`,
-  done by the driver): "0.1 eps on BN/bias vectors" applies to those BNs' gamma and beta and to the
-  conv biases; the merge happens on the folded (deploy) graph, where BN is part of kernel and bias.
+  done by the driver): the per-vector strengths apply to those BNs' gamma and beta and to the conv
+  biases; the merge happens on the folded (deploy) graph, where BN is part of kernel and bias.
+- An iterative step is done without cutting the model mid-training: a converged cluster of
+  identical channels computes what its merged channel would (its members get identical
+  gradients from then on), so a phase ends by re-clustering the previous clusters' means into
+  fewer clusters (nested: a cluster is a union of earlier ones), and only the final clusters are
+  merged and removed. A step's width is ``max(target width, round(ratio * size))`` per group.
 - The leader is the group's root conv (a dense producer; else the first dense producer); k-means
   runs on its folded kernels at the start, kernel only, as in the paper.
-- ``wd * W_i`` is the run's own decay moved into the rule: ``weight_decay`` on kernels, none on
-  vectors, as for every other parameter of the run (`pruning.run.RunConfig.weight_decay`).
+- ``wd * W_i`` is the run's own decay moved into the rule: ``weight_decay`` on kernels and on
+  every vector of a producer (the official ``weight_decay_bias`` set to the same value).
 - The kept channel of a cluster is its first member, carrying the cluster mean (docs/design.md 6.3).
 - "Assert clusters converged" is not possible with a short schedule: the largest within-cluster
   distance (kernel row + bias of the folded producers) and the relative output change caused by
@@ -47,12 +56,14 @@ from pruning.csgd.clusters import centripetal_gradient, group_spread, member_ids
 from pruning.csgd.kmeans import kmeans
 from pruning.csgd.widths import ratio_widths, read_ratios, uniform_widths, widths_macs
 from pruning.groups import ChannelGroup, Member, find_groups
+from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths
 from pruning.macs import CostModel
 from pruning.retrain import RetrainBN
 from pruning.surgery import assert_same_outputs, relative_error, remove_channels
 
-#: Strength on bias / BN vectors relative to kernels (docs/design.md 6.2).
+#: Centripetal strength on BN gammas relative to kernels (official code); conv biases and BN betas get the full eps.
 VECTOR_FACTOR = 0.1
+GAMMA_FACTOR = VECTOR_FACTOR
 #: Largest relative within-cluster distance that counts as converged; above it, a warning.
 CONVERGED = 1e-3
 
@@ -64,10 +75,16 @@ class CSGDConfig:
     centripetal_strength: float = 3e-3  # eps: pull of each filter towards its cluster mean (CIFAR default)
     layer_ratios: str | None = None  # JSON {conv name: keep ratio}; None = one uniform ratio meeting the target
     kmeans_seed: int = 0  # seed of the k-means++ initialisation
+    steps: tuple[float, ...] = ()  # intermediate keep ratios, decreasing, e.g. (13/16, 11/16); () = one step
 
     def __post_init__(self) -> None:
         if not (self.centripetal_strength >= 0 and math.isfinite(self.centripetal_strength)):
             raise PruningError(f"CSGDConfig.centripetal_strength must be >= 0, got {self.centripetal_strength}")
+        steps = tuple(self.steps)
+        if any(not (isinstance(r, (int, float)) and 0 < r < 1) for r in steps) or list(steps) != sorted(steps, reverse=True) \
+                or len(set(steps)) != len(steps):
+            raise PruningError(f"CSGDConfig.steps must be strictly decreasing keep ratios in (0, 1), got {self.steps}")
+        object.__setattr__(self, "steps", tuple(float(r) for r in steps))
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,8 @@ class _Rule:
     ids: Tensor  # cluster id per row
     strength: float
     weight_decay: float
+    member: Member  # the producer it belongs to, and its group's root (to rebind ids between phases)
+    root: str
 
 
 class CSGD:
@@ -97,6 +116,14 @@ class CSGD:
         self.facts: dict[str, Any] = {}
         self.planned_macs: float | None = None  # deploy MACs of the chosen widths, set by prepare()
         self.example: Tensor | None = None
+        self.phase_widths: list[dict[str, int]] = []  # per phase: the cluster count per group (last = target)
+        self.phase_starts: list[int] = []  # the step at which each phase begins
+        self.phase = 0
+        self.step = 0
+        self._model: nn.Module | None = None  # the module being trained, bound by param_groups()
+        # latency target (set by the driver before prepare()): the cost is the predicted latency in ms
+        self.latency_table: LatencyTable | None = None
+        self.latency_measure: Measure | None = None  # times a model, for the width snapping
 
     # -- setup -------------------------------------------------------------------------------
     def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int,
@@ -106,7 +133,11 @@ class CSGD:
         if not scan.groups:
             raise PruningError(f"no prunable channel group in this model (skipped: {sorted(set(scan.skipped.values()))})")
         self.groups, self.skipped, self.example = scan.groups, scan.skipped, example
-        cost = CostModel(model, self.groups, example)
+        cost = CostModel(model, self.groups, example) if self.latency_table is None else \
+            LatencyCost(self.latency_table, self.groups)
+        if self.latency_table is not None and cost.min_macs() > target_macs:
+            raise PruningError(f"latency target {target_macs:.4g} ms is below {cost.min_macs():.4g} ms, the predicted "
+                               "latency with every prunable layer at one channel")
         if self.ratios is None:
             self.keep_ratio, self.widths = uniform_widths(self.groups, cost, target_macs)
         else:
@@ -117,22 +148,53 @@ class CSGD:
                     f"the layer ratios in {self.config.layer_ratios!r} leave {macs / 1e6:.4g}M MACs, above the "
                     f"FLOPs target {target_macs / 1e6:.4g}M"
                 )
+        if self.latency_measure is not None:
+            snapped = snap_widths(model, self.groups, self.widths, example, self.latency_measure)
+            self.facts["snapped_widths"] = {r: [self.widths[r], w] for r, w in snapped.items() if w != self.widths[r]}
+            self.widths = snapped
         self.planned_macs = widths_macs(cost, self.widths)
-        self.labels = {g.root: self._cluster(model, g) for g in self.groups}
+        self.phase_widths = [
+            {g.root: max(self.widths[g.root], min(g.size, round(r * g.size))) for g in self.groups}
+            for r in self.config.steps
+        ] + [dict(self.widths)]
+        total = steps_per_epoch * epochs
+        phases = len(self.phase_widths)
+        self.phase_starts = [round(i * total / phases) for i in range(phases)]
+        self.labels = {g.root: self._cluster(model, g, self.phase_widths[0][g.root]) for g in self.groups}
         self.facts["initial_max_cluster_distance"] = self.spread(model)[0]
         return model
 
-    def _cluster(self, model: nn.Module, group: ChannelGroup) -> Tensor:
+    def _cluster(self, model: nn.Module, group: ChannelGroup, k: int) -> Tensor:
+        return kmeans(self._points(model, group), k, seed=self.config.kmeans_seed)
+
+    def _points(self, model: nn.Module, group: ChannelGroup) -> Tensor:
         leader = _leader(group)
         conv = model.get_submodule(leader.module)
+        conv = conv.conv if isinstance(conv, RetrainBN) else conv
         assert isinstance(conv, nn.Conv2d)
-        kernel = conv.weight.detach().flatten(1)
-        points = torch.stack([kernel[list(indices)].flatten() for indices in leader.channels])
-        return kmeans(points, self.widths[group.root], seed=self.config.kmeans_seed)
+        kernel = conv.weight.detach().flatten(1).cpu()
+        return torch.stack([kernel[list(indices)].flatten() for indices in leader.channels])
+
+    def _next_phase(self) -> None:
+        """Re-cluster each group's current cluster means into the next phase's (fewer) clusters; rebind the ids."""
+        self.phase += 1
+        model = self._model
+        assert model is not None
+        for group in self.groups:
+            old = self.labels[group.root]
+            points = self._points(model, group)
+            count = int(old.max()) + 1
+            means = torch.zeros(count, points.shape[1], dtype=points.dtype).index_add_(0, old, points)
+            means /= torch.bincount(old, minlength=count).clamp_min(1).unsqueeze(1).to(points.dtype)
+            merged = kmeans(means, self.phase_widths[self.phase][group.root], seed=self.config.kmeans_seed)
+            self.labels[group.root] = merged[old]  # nested: every old cluster moves whole
+        for rule in self.rules:
+            rule.ids.copy_(member_ids(rule.member, self.labels[rule.root], rule.ids.numel()).to(rule.ids.device))
 
     def param_groups(self, model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
         """Producers' parameters: no optimizer decay (the rule has it); the rest: decay on kernels only."""
         self.rules = self._rules(model, config.weight_decay)
+        self._model = model
         ruled = {id(rule.param) for rule in self.rules}
         if len(ruled) != len(self.rules):
             raise RuntimeError("C-SGD: a parameter produces channels of two groups")
@@ -153,9 +215,11 @@ class CSGD:
                 conv, bn = (module.conv, module.bn) if isinstance(module, RetrainBN) else (module, None)
                 assert isinstance(conv, nn.Conv2d)
                 ids = member_ids(member, self.labels[group.root], conv.out_channels).to(conv.weight.device)
-                rules.append(_Rule(conv.weight, ids, eps, weight_decay))
-                vectors: list[Tensor | None] = [conv.bias] + ([bn.weight, bn.bias] if bn is not None else [])
-                rules += [_Rule(v, ids, VECTOR_FACTOR * eps, 0.0) for v in vectors if v is not None]
+                vectors: list[tuple[Tensor | None, float]] = [(conv.weight, eps), (conv.bias, eps)]
+                if bn is not None:
+                    vectors += [(bn.weight, GAMMA_FACTOR * eps), (bn.bias, eps)]
+                rules += [_Rule(v, ids, strength, weight_decay, member, group.root) for v, strength in vectors
+                          if v is not None]
         return rules
 
     # -- training ----------------------------------------------------------------------------
@@ -163,6 +227,9 @@ class CSGD:
         """After backward: replace each producer gradient by the centripetal one (docs/design.md 6.2)."""
         if not self.rules:
             raise RuntimeError("C-SGD: regularize() before param_groups() bound the model's parameters")
+        self.step += 1
+        if self.phase + 1 < len(self.phase_starts) and self.step > self.phase_starts[self.phase + 1]:
+            self._next_phase()
         with torch.no_grad():
             for rule in self.rules:
                 p = rule.param
@@ -178,6 +245,10 @@ class CSGD:
     def prune(self, model: nn.Module) -> nn.Module:
         """Merge each cluster into one channel and remove the rest; the surgery is checked numerically."""
         model.eval()
+        if self.phase + 1 < len(self.phase_widths):  # training ended early: finish the schedule's clustering
+            self._model = model
+            while self.phase + 1 < len(self.phase_widths):
+                self._next_phase()
         distance, relative = self.spread(model)
         param = next(model.parameters())
         if self.example is None:
@@ -212,6 +283,8 @@ class CSGD:
             "keep_ratio": self.keep_ratio,
             "planned_macs": self.planned_macs,
             "widths": {g.root: [g.size, self.widths.get(g.root, g.size)] for g in self.groups},
+            "phase_starts": self.phase_starts,
+            "phase_cluster_counts": [sum(w.values()) for w in self.phase_widths],
             **self.facts,
         }
 

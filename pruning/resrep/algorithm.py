@@ -18,8 +18,16 @@ and Forgetting", ICCV 2021) on the deploy graph, as docs/design.md section 5 spe
 interpretation:
 - Coupled channels (one mask, several compactors) are ranked by the root-mean-square of their
   compactors' row norms, so every channel starts at 1 whatever the size of its group.
-- A depthwise conv cannot absorb a channel-mixing compactor: its masked output channels are
-  zeroed in the forward pass instead (`pruning.resrep.compactor.MaskedConv`).
+- A depthwise conv cannot absorb a channel-mixing compactor, and needs none: its channel is
+  masked through the dense producer upstream, so masking stays gradual (the channel keeps flowing,
+  only its compactor rows lose the task gradient). Once those rows are zero the depthwise output of
+  the channel is the constant ``act(b_dw)``, folded into the consumers' biases at conversion
+  (`pruning.resrep.constants`); where that is not exact (a second padded depthwise conv in the
+  group, as in a stem), the channel is zeroed instead and counted (``hard_zeroed_channels``).
+- ``groups="internal"`` is the official ResNet-56 setting: only groups with one dense producer
+  (no residual add of two producers: the internal layer of each block) are pruned.
+- Once the masks have reached the FLOPs target, later updates have no granularity cap (the
+  official code's cap only binds on the way down), so the ranking may still change freely.
 - If training ends before the masks reach the target, one final update without the granularity
   limit reaches it (recorded as ``forced_final_mask`` in the report, with a warning): the FLOPs
   target always holds, at the price of removing rows the lasso had no time to shrink.
@@ -32,6 +40,7 @@ interpretation:
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -43,14 +52,18 @@ from torch import Tensor, nn
 from dscnn.train import TrainConfig
 from pruning.algorithm import PruningError
 from pruning.groups import ChannelGroup, Member, find_groups
+from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths
 from pruning.macs import CostModel
-from pruning.resrep.compactor import CompactedConv, MaskedConv, zero_masked_rows
+from pruning.resrep.compactor import CompactedConv, zero_masked_rows
+from pruning.resrep.constants import fold_constants, plan_constants, zero_depthwise_biases
 from pruning.resrep.masking import MaskUpdate, update_masks
 from pruning.resrep.schedule import MaskSchedule, channels_to_mask, plan_schedule
-from pruning.surgery import assert_same_outputs, remove_channels
+from pruning.surgery import assert_same_outputs, relative_error, remove_channels
 
 #: Largest masked-row norm that counts as "forgotten"; larger ones are reported with a warning.
 SMALL_ROW_NORM = 1e-2
+#: ResRepConfig.groups: every prunable group, or only those with a single dense producer.
+GROUP_CHOICES = ("all", "internal")
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class ResRepConfig:
     granularity: int | None = None  # most newly masked channels per update; None = from the schedule (published: 4)
     warmup_epochs: float = 1.0  # epochs of lasso-only training before the first mask update
     compactor_momentum: float = 0.99  # SGD momentum of the compactors (no weight decay on them)
+    groups: str = "all"  # "all" groups, or "internal": only those with one dense producer (no residual streams)
 
     def __post_init__(self) -> None:
         if not (self.lasso >= 0 and math.isfinite(self.lasso)):
@@ -74,6 +88,8 @@ class ResRepConfig:
             raise PruningError(f"ResRepConfig.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if not 0 <= self.compactor_momentum < 1:
             raise PruningError(f"ResRepConfig.compactor_momentum must be in [0, 1), got {self.compactor_momentum}")
+        if self.groups not in GROUP_CHOICES:
+            raise PruningError(f"ResRepConfig.groups must be one of {', '.join(GROUP_CHOICES)}, got {self.groups!r}")
 
 
 @dataclass
@@ -81,7 +97,7 @@ class _Site:
     """Where one producer of a group sits in the model, and its wrapper."""
 
     member: Member
-    wrapper: CompactedConv | MaskedConv
+    wrapper: CompactedConv
 
 
 class ResRep:
@@ -107,6 +123,14 @@ class ResRep:
         self.example: Tensor | None = None
         self.schedule: MaskSchedule | None = None  # the mask interval and granularity in use, set by prepare()
         self.conversion_error: float | None = None  # pruned vs masked model, set by prune()
+        self.reached_target = False  # the masks have met the target once: no granularity cap from then on
+        self.folded_channels = 0  # masked depthwise-coupled channels whose constant went into consumer biases
+        self.hard_zeroed_channels = 0  # masked channels that could not be folded and were zeroed instead
+        self.hard_zero_change: float | None = None  # relative output change caused by zeroing them
+        # latency target (set by the driver before prepare()): the cost is the predicted latency in ms
+        self.latency_table: LatencyTable | None = None
+        self.latency_measure: Measure | None = None  # times a model, for the width snapping
+        self.snapped: dict[str, tuple[int, int]] = {}  # per group: width from the masks, width snapped to
 
     def _schedule(self) -> MaskSchedule:
         if self.schedule is None:
@@ -128,9 +152,21 @@ class ResRep:
         scan = find_groups(model, example)
         if not scan.groups:
             raise PruningError(f"no prunable channel group in this model (skipped: {_reasons(scan.skipped)})")
-        self.groups, self.skipped = scan.groups, scan.skipped
-        self.cost = CostModel(model, self.groups, example)
+        self.groups, self.skipped = scan.groups, dict(scan.skipped)
+        if self.config.groups == "internal":
+            self.skipped |= {g.root: "a residual stream (groups='internal')" for g in self.groups
+                             if len(g.dense_producers) != 1}
+            self.groups = tuple(g for g in self.groups if len(g.dense_producers) == 1)
+            if not self.groups:
+                raise PruningError("groups='internal': no group with a single dense producer in this model")
+        self.cost = CostModel(model, self.groups, example) if self.latency_table is None else \
+            LatencyCost(self.latency_table, self.groups)
         floor = self.cost.min_macs()
+        if target_macs < floor and self.latency_table is not None:
+            raise PruningError(
+                f"latency target {target_macs:.4g} ms is below {floor:.4g} ms, the predicted latency with every "
+                f"prunable layer at one channel"
+            )
         if target_macs < floor:
             raise PruningError(
                 f"FLOPs target {target_macs / 1e6:.4g}M MACs is below {floor / 1e6:.4g}M, what remains with every "
@@ -146,15 +182,14 @@ class ResRep:
             warnings.warn(problem, stacklevel=2)
         self.example = example
         self.masked = {g.root: torch.zeros(g.size, dtype=torch.bool) for g in self.groups}
-        self.sites = {g.root: [self._wrap(model, member) for member in g.producers] for g in self.groups}
-        wrappers = [site.wrapper for sites in self.sites.values() for site in sites]
-        self._compactors = [w for w in wrappers if isinstance(w, CompactedConv)]
+        self.sites = {g.root: [self._wrap(model, member) for member in g.dense_producers] for g in self.groups}
+        self._compactors = [site.wrapper for sites in self.sites.values() for site in sites]
         return model
 
     def _wrap(self, model: nn.Module, member: Member) -> _Site:
         conv = model.get_submodule(member.module)
         assert isinstance(conv, nn.Conv2d)
-        wrapper: CompactedConv | MaskedConv = MaskedConv(conv) if member.depthwise else CompactedConv(conv)
+        wrapper = CompactedConv(conv)
         model.set_submodule(member.module, wrapper)
         return _Site(member, wrapper)
 
@@ -180,7 +215,7 @@ class ResRep:
         since = self.step - self.warmup_steps
         schedule = self._schedule()
         if since > 0 and since % schedule.interval == 0:
-            self.apply_masks(self.next_masks(schedule.granularity))
+            self.apply_masks(self.next_masks(None if self.reached_target else schedule.granularity))
         lasso = self.config.lasso
         with torch.no_grad():
             for wrapper in self.compactors():
@@ -198,11 +233,10 @@ class ResRep:
             total = torch.zeros(group.size, dtype=torch.float64)
             count = torch.zeros(group.size, dtype=torch.float64)
             for site in self.sites[group.root]:
-                if isinstance(site.wrapper, CompactedConv):
-                    norms = site.wrapper.compactor.row_norms().double().cpu()
-                    for r, idxs in enumerate(site.member.channels):
-                        total[r] += norms[list(idxs)].square().sum()
-                        count[r] += len(idxs)
+                norms = site.wrapper.compactor.row_norms().double().cpu()
+                for r, idxs in enumerate(site.member.channels):
+                    total[r] += norms[list(idxs)].square().sum()
+                    count[r] += len(idxs)
             scores[group.root] = (total / count.clamp_min(1)).sqrt()
         return scores
 
@@ -212,9 +246,10 @@ class ResRep:
     def apply_masks(self, update: MaskUpdate) -> None:
         """Adopt ``update``: write each producer's mask in its own channel numbering."""
         self.masked = update.masked
+        self.reached_target = self.reached_target or update.macs <= self.target_macs
         for root, sites in self.sites.items():
             for site in sites:
-                mask = site.wrapper.compactor.mask if isinstance(site.wrapper, CompactedConv) else site.wrapper.mask
+                mask = site.wrapper.compactor.mask
                 keep = torch.ones(mask.numel(), dtype=mask.dtype)
                 for r in update.masked[root].nonzero().flatten().tolist():
                     keep[list(site.member.channels[r])] = 0
@@ -228,6 +263,8 @@ class ResRep:
         """Fold compactors, keep exactly the unmasked rows, remove masked channels; checked numerically."""
         if self._masked_macs() > self.target_macs:  # the target must hold: finish the masks at once
             self._force_final_masks()
+        if self.latency_measure is not None:
+            self._snap(model)
         self.max_removed_row_norm = self._max_removed_row_norm()
         if self.max_removed_row_norm > SMALL_ROW_NORM:
             warnings.warn(
@@ -235,23 +272,63 @@ class ResRep:
                 "accuracy may drop: train longer or raise --lasso", stacklevel=2,
             )
         param = next(model.parameters())
-        probe = torch.randn(self._prepared()[1].shape, generator=torch.Generator().manual_seed(0))
+        shape = self._prepared()[1].shape
+        probe = torch.randn((max(2, shape[0]), *shape[1:]), generator=torch.Generator().manual_seed(0))
         probe = probe.to(device=param.device, dtype=param.dtype)
+        zero_masked_rows(model.eval())
+        self._fold_compactors(model)
         with torch.no_grad():
-            reference = zero_masked_rows(model.eval())(probe)  # the masked model
-        self._fold_and_remove(model, probe[:1])
+            masked_output = model(probe)  # the masked model: rows zeroed, depthwise channels at their constants
+        plan, constants = plan_constants(model, self.groups, self.masked, probe)
+        self.folded_channels, self.hard_zeroed_channels = plan.folded_count, plan.zeroed_count
+        reference = masked_output
+        if plan.zeroed:
+            zero_depthwise_biases(model, self.groups, plan.zeroed)
+            with torch.no_grad():
+                reference = model(probe)
+            self.hard_zero_change = relative_error(masked_output, reference)
+            warnings.warn(
+                f"ResRep: {plan.zeroed_count} masked channel(s) past a padded depthwise conv are not constant where "
+                f"they are consumed and were zeroed instead of folded (output change {self.hard_zero_change:.3g}, "
+                "relative)", stacklevel=2,
+            )
+        fold_constants(model, self.groups, constants)
+        removed = {root: m.nonzero().flatten().tolist() for root, m in self.masked.items()}
+        remove_channels(model, self.groups, removed, probe[:1])
         with torch.no_grad():
             self.conversion_error = assert_same_outputs(reference, model(probe), "ResRep pruned vs masked model")
         return model
 
-    def _fold_and_remove(self, model: nn.Module, example: Tensor) -> None:
-        """Put each conv back with its compactor folded in, then cut the masked channels out."""
+    def _snap(self, model: nn.Module) -> None:
+        """Raise each group's kept width to a measured-no-slower multiple by unmasking its most important channels.
+
+        Exact either way: an unmasked channel keeps its compactor rows as trained.
+        """
+        assert self.latency_measure is not None
+        plain = copy.deepcopy(model).eval()
         for sites in self.sites.values():
             for site in sites:
-                conv = site.wrapper.fold() if isinstance(site.wrapper, CompactedConv) else site.wrapper.conv
-                model.set_submodule(site.member.module, conv)
-        removed = {root: m.nonzero().flatten().tolist() for root, m in self.masked.items()}
-        remove_channels(model, self.groups, removed, example)
+                plain.set_submodule(site.member.module, copy.deepcopy(site.wrapper).fold())
+        widths = {r: int((~m).sum()) for r, m in self.masked.items()}
+        snapped = snap_widths(plain, self.groups, widths, self._prepared()[1], self.latency_measure)
+        importance = self.importance()
+        masked = {r: m.clone() for r, m in self.masked.items()}
+        for root, width in snapped.items():
+            extra = width - widths[root]
+            if extra > 0:
+                candidates = masked[root].nonzero().flatten()
+                best = candidates[importance[root][candidates].argsort(descending=True)[:extra]]
+                masked[root][best] = False
+                self.snapped[root] = (widths[root], width)
+        if self.snapped:
+            self.apply_masks(MaskUpdate(masked, self._prepared()[0].macs(
+                {r: m.nonzero().flatten().tolist() for r, m in masked.items()}), 0))
+
+    def _fold_compactors(self, model: nn.Module) -> None:
+        """Put each conv back with its compactor (masked rows already zero) folded in."""
+        for sites in self.sites.values():
+            for site in sites:
+                model.set_submodule(site.member.module, site.wrapper.fold())
 
     def _force_final_masks(self) -> None:
         before = self._masked_macs()
@@ -291,6 +368,11 @@ class ResRep:
             "forced_final_mask": self.forced_final_mask,
             "max_removed_row_norm": self.max_removed_row_norm,
             "conversion_relative_error": self.conversion_error,
+            "folded_constant_channels": self.folded_channels,
+            "hard_zeroed_channels": self.hard_zeroed_channels,
+            "hard_zero_relative_change": self.hard_zero_change,
+            "snapped_widths": {r: list(v) for r, v in self.snapped.items()},
+            "kept_widths": {r: int((~m).sum()) for r, m in self.masked.items()},
         }
 
 

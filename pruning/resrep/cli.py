@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pruning._cli import default_help, run_cli
-from pruning.resrep.algorithm import ResRep, ResRepConfig
+from pruning.resrep.algorithm import GROUP_CHOICES, ResRep, ResRepConfig
 
 
 def _add_flags(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,10 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--granularity", type=int,
                         help="most newly masked channels per update (default: derived from the schedule; the "
                              "published 4 on long schedules)")
+    parser.add_argument("--groups", choices=GROUP_CHOICES,
+                        help=default_help("prune every prunable group, or only the internal ones (a single dense "
+                                          "producer: the official ResNet-56 setting, residual streams kept)", d,
+                                          "groups"))
     parser.add_argument("--warmup-epochs", dest="warmup_epochs", type=float,
                         help=default_help("epochs before the first mask update", d, "warmup_epochs"))
 

@@ -2,10 +2,9 @@
 Forgetting", ICCV 2021): a 1x1 conv after a conv, trained to forget the channels to be pruned.
 
 A `Compactor` is a bias-free D->D 1x1 conv initialised to the identity, with a 0/1 mask over its
-rows (a buffer: 1 = kept). The conv it follows is wrapped as `CompactedConv`; a depthwise conv in a
-group cannot absorb a channel-mixing compactor, so it is wrapped as `MaskedConv`, which zeroes its
-masked output channels in the forward pass (interpretation: ResRep's paper has no depthwise case;
-zeroing them is what removing them later will do, so training sees it early).
+rows (a buffer: 1 = kept). The conv it follows is wrapped as `CompactedConv`. A depthwise conv in a
+group gets no wrapper: its channels are masked through the group's dense producers, and a masked
+channel keeps flowing until conversion (`pruning.resrep.constants` folds what is left of it).
 
 Folding is exact: ``conv(W', b')`` then ``Q`` is ``conv(Q W', Q b')`` (`dscnn.fusion.fold_pointwise_after`).
 """
@@ -62,20 +61,6 @@ class CompactedConv(nn.Module):
             if conv.bias is not None:
                 conv.bias.copy_(new_bias)
         return conv
-
-
-class MaskedConv(nn.Module):
-    """A depthwise conv whose masked output channels are zeroed; ``mask`` is 1 = kept, 0 = removed."""
-
-    mask: Tensor
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.conv = conv
-        self.register_buffer("mask", torch.ones(conv.out_channels, dtype=conv.weight.dtype, device=conv.weight.device))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x) * self.mask.view(1, -1, 1, 1)
 
 
 def zero_masked_rows(model: nn.Module) -> nn.Module:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 import dscnn
 from dscnn.train import TrainConfig
-from pruning.csgd import CSGD, VECTOR_FACTOR, CSGDConfig, main
+from pruning.csgd import CSGD, GAMMA_FACTOR, CSGDConfig, main
 from pruning.csgd.kmeans import kmeans
 from pruning.csgd.widths import widths_macs
 from pruning.groups import OUT
@@ -120,7 +120,8 @@ def test_centripetal_update_matches_the_formula_by_hand() -> None:
     csgd.regularize()
     clusters = [[0, 1, 2], [3], [4, 5], [6, 7, 8, 9], [10], [11], [12, 13], [14, 15]]
     for key, p in params.items():
-        eps, wd = (0.3, 0.01) if p.ndim > 1 else (0.3 * VECTOR_FACTOR, 0.0)
+        # official: full eps on kernels, conv biases and BN betas, 0.1 eps on BN gammas, decay on all
+        eps, wd = (0.3 * GAMMA_FACTOR if key == "gamma" else 0.3), 0.01
         for cluster in clusters:
             for i in cluster:
                 expected = task[key][cluster].mean(0) + wd * p[i] + eps * (p[i] - p[cluster].mean(0))
@@ -202,3 +203,40 @@ def test_bad_input_writes_nothing(
     assert main([str(ckpt), *flags, "--no-progress", "--no-latency", "--epochs", "1"]) == 2
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet20.pt"]
+
+
+def test_iterative_steps_cluster_in_nested_phases_and_reach_the_target() -> None:
+    model = ResidualDepthwise()
+    full = dscnn.count_macs(model, 32)
+    csgd = CSGD(CSGDConfig(steps=(13 / 16, 11 / 16), centripetal_strength=0.5))
+    csgd.prepare(model.eval(), 0.5 * full, X, steps_per_epoch=3, epochs=2)  # 6 steps: 3 phases of 2
+    assert csgd.phase_starts == [0, 2, 4]
+    counts = [sum(w.values()) for w in csgd.phase_widths]
+    assert counts[0] > counts[1] > counts[2] and csgd.phase_widths[-1] == csgd.widths
+    add_batchnorm(model)
+    groups = csgd.param_groups(model, TrainConfig(weight_decay=1e-4))
+    optimizer = torch.optim.SGD([p for g in groups for p in g["params"]], lr=0.01)
+    seen = []
+    for _ in range(6):
+        optimizer.zero_grad()
+        F.cross_entropy(model.train()(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+        before = {r: lab.clone() for r, lab in csgd.labels.items()}
+        csgd.regularize()
+        optimizer.step()
+        seen.append(sum(int(lab.max()) + 1 for lab in csgd.labels.values()))
+        for root, lab in csgd.labels.items():  # nested: channels clustered together stay together
+            same = before[root][:, None] == before[root][None, :]
+            assert (lab[:, None] == lab[None, :])[same].all()
+    assert seen == [counts[0]] * 2 + [counts[1]] * 2 + [counts[2]] * 2
+    from pruning.retrain import fold_batchnorm
+
+    fold_batchnorm(model.eval())
+    with pytest.warns(UserWarning, match="not converged"):
+        csgd.prune(model)
+    assert dscnn.count_macs(model, 32) <= 0.5 * full
+
+
+@pytest.mark.parametrize("steps", [(0.5, 0.7), (1.2,), (0.0,), (0.6, 0.6)])
+def test_bad_steps_are_refused(steps: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="steps must be strictly decreasing"):
+        CSGDConfig(steps=steps)
