@@ -168,3 +168,18 @@ def test_latency_run_reports_against_the_target_and_a_miss_writes_nothing(
     latency = report["latency"]
     assert latency["met"] and latency["target_ms"] > 0 and latency["predicted_ms"] <= latency["target_ms"] * 1.0001
     assert report["accuracy_before_prune"] is not None and "latency target" in captured.out
+
+
+@pytest.mark.parametrize(("penalty", "expected"), [(0.0, 16), (1.0, 13)])
+def test_snapping_takes_the_next_multiple_only_when_it_measures_no_slower(penalty: float, expected: int) -> None:
+    from pruning.latency_table import snap_width
+
+    model = Small().eval()
+    example = torch.zeros(1, 3, 24, 24)
+    group = next(g for g in find_groups(model, example).groups if g.root == "stem")
+
+    def fake(m: nn.Module) -> float:  # 1 ms, plus ``penalty`` for any width that is a multiple of 4
+        width = m.get_submodule("stem").out_channels
+        return 1.0 + (penalty if width % 4 == 0 else 0.0)
+
+    assert snap_width(model, group, 13, example, fake) == expected
