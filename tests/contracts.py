@@ -70,3 +70,13 @@ def assert_deploy_equivalent(module: nn.Module, x: Tensor, dtype: torch.dtype = 
     assert state.keys() == module.state_dict().keys()
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in state.items())
     assert_plain(module)
+
+
+def assert_trains(model: nn.Module, x: torch.Tensor, num_classes: int = 10) -> None:
+    """Train-mode forward gives finite logits of the right shape and the backward reaches every parameter."""
+    model.train()
+    y = model(x)
+    assert y.shape == (x.shape[0], num_classes) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reaches {missing[:5]}"

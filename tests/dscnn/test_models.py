@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dscnn
-from tests.contracts import assert_deploy_equivalent
+from tests.contracts import assert_deploy_equivalent, assert_trains
 
 ALL_MODELS = dscnn.list_models()
 #: Registry models with non-default overrides that change the graph, run through the same contract:
@@ -33,14 +33,7 @@ def _small(name: str, overrides: dict[str, Any] | None = None) -> torch.nn.Modul
 
 @pytest.mark.parametrize("name,overrides", CASES)
 def test_forward_backward(name: str, overrides: dict[str, Any]) -> None:
-    model = _small(name, overrides)
-    model.train()
-    x = torch.randn(2, 3, 32, 32)
-    y = model(x)
-    assert y.shape == (2, 10) and torch.isfinite(y).all()
-    y.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"no gradient reaches {missing[:5]}"
+    assert_trains(_small(name, overrides), torch.randn(2, 3, 32, 32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
