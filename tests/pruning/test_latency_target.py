@@ -18,6 +18,7 @@ from torch import Tensor, nn
 import dscnn
 from dscnn.latency import LatencySettings
 from pruning.algorithm import PruningError
+from pruning.csgd import main as csgd_main
 from pruning.groups import find_groups
 from pruning.latency_table import LatencyCost, build_table, candidate_widths, harness
 from pruning.resrep import main
@@ -142,10 +143,10 @@ def _fake_timing(after_factor: float) -> Callable[..., object]:
     return compare
 
 
-@pytest.mark.parametrize(("after_factor", "code"), [(0.2, 0), (5.0, 1)])
+@pytest.mark.parametrize(("method", "after_factor", "code"), [("resrep", 0.2, 0), ("resrep", 5.0, 1), ("csgd", 0.2, 0)])
 def test_latency_run_reports_against_the_target_and_a_miss_writes_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        after_factor: float, code: int) -> None:
+        method: str, after_factor: float, code: int) -> None:
     import json
 
     import pruning.run
@@ -157,8 +158,10 @@ def test_latency_run_reports_against_the_target_and_a_miss_writes_nothing(
     out = tmp_path / "pruned.pt"
     with _bench_lock(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        got = main([str(ckpt), "--target-latency", "0.9x", "--no-progress", "--epochs", "1", "--out", str(out),
-                    "--train-per-class", "4", "--val-per-class", "2", "--batch-size", "8", "--warmup-epochs", "0"])
+        knobs = ["--warmup-epochs", "0"] if method == "resrep" else ["--steps", "0.95"]
+        got = (main if method == "resrep" else csgd_main)(
+            [str(ckpt), "--target-latency", "0.9x", "--no-progress", "--epochs", "1", "--out", str(out),
+             "--train-per-class", "4", "--val-per-class", "2", "--batch-size", "8", *knobs])
     captured = capsys.readouterr()
     assert got == code, captured.err
     if code:
