@@ -135,6 +135,10 @@ class PruneReport:
             console.print(line)
         if (line := self.latency_target_line()) is not None:
             console.print(line)
+        went = self.algorithm.get("where_macs_went") or []
+        if went:
+            console.print("MACs removed most by: " + ", ".join(
+                f"{row['group']} ({row['width'][0]}->{row['width'][1]}) {format_macs(row['saved_macs'])}" for row in went[:3]))
         changed = {k: v for k, v in self.widths.items() if v[0] != v[1]}
         console.print(f"{len(changed)} of {len(self.widths)} layers narrowed: " + ", ".join(
             f"{name} {a}->{b}" for name, (a, b) in list(changed.items())[:12]

@@ -33,6 +33,7 @@ from dscnn.units import format_macs
 from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
 from pruning.groups import find_groups
 from pruning.latency_table import build_table, harness
+from pruning.macs import CostModel
 from pruning.outputs import check_output_paths, write_together
 from pruning.report import ModelStats, PruneReport, layer_widths
 from pruning.retrain import train_deploy
@@ -109,6 +110,8 @@ def run_pruning(
                 f"target {format_macs(target_macs)}")
 
     example = torch.zeros(1, 3, resolution, resolution)
+    groups = find_groups(model, example).groups
+    macs_cost = CostModel(model, groups, example)  # of the unpruned model: where the MACs went, for the report
     table = None
     if latency_target is not None:
         assert lock is not None
@@ -116,7 +119,7 @@ def run_pruning(
             raise PruningError(f"{algorithm.name} has no latency target")
         console.log("measuring the latency table (every layer at its candidate widths), under the device lock")
         with lock.measuring():
-            table = build_table(model, find_groups(model, example).groups, example, settings, harness(settings))
+            table = build_table(model, groups, example, settings, harness(settings))
         target_ms = latency_target.resolve(table.base_ms)
         target_macs = target_ms  # the algorithms' cost is then the predicted latency (`pruning.latency_table`)
         algorithm.latency_table = table
@@ -154,13 +157,14 @@ def run_pruning(
                 )
 
     widths_after = layer_widths(pruned)
+    summary = {**algorithm.summary(), "where_macs_went": _where_macs_went(macs_cost, _group_widths(algorithm))}
     report = PruneReport(
         method=algorithm.name, source=source.label, target=config.target or str(config.target_latency),
         target_macs=target_macs if target_ms is None else float(before.macs),
         before=before, after=after, accuracy_after_prune=accuracy_after_prune,
         accuracy_before_prune=accuracy_before_prune,
         widths={k: (v, widths_after.get(k, 0)) for k, v in widths_before.items()},
-        algorithm=algorithm.summary(), settings=dataclasses.asdict(config), resolution=resolution,
+        algorithm=summary, settings=dataclasses.asdict(config), resolution=resolution,
         latency_settings=settings.to_dict() if config.time_latency else None, output=str(out), latency=latency,
     )
     metrics = _metrics(report)
@@ -174,6 +178,14 @@ def _group_widths(algorithm: PruningAlgorithm) -> dict[str, int]:
     if "kept_widths" in summary:
         return {r: int(w) for r, w in summary["kept_widths"].items()}
     return {r: int(w[1]) for r, w in summary.get("widths", {}).items()}
+
+
+def _where_macs_went(cost: CostModel, widths: dict[str, int], top: int = 5) -> list[dict[str, Any]]:
+    """The groups whose cut alone removes the most deploy MACs, largest first."""
+    rows = [{"group": root, "width": [cost.groups[root].size, width],
+             "saved_macs": cost.total_macs - cost.macs({root: range(width, cost.groups[root].size)})}
+            for root, width in widths.items() if root in cost.groups and width < cost.groups[root].size]
+    return sorted(rows, key=lambda row: -int(row["saved_macs"]))[:top]  # type: ignore[call-overload]
 
 
 def _device_lock(config: RunConfig) -> DeviceLock:

@@ -88,6 +88,9 @@ def test_short_run_halves_flops(tmp_path: Path, name: str, overrides: dict[str, 
     assert any("final update" in str(w.message) for w in caught) is forced
     assert 0 <= report.after.accuracy <= 1 and report.algorithm["max_removed_row_norm"] > 0
     assert any(after < before for before, after in report.widths.values())
+    assert report.accuracy_before_prune is not None  # the trained model, before conversion
+    went = report.algorithm["where_macs_went"]
+    assert went and went[0]["saved_macs"] >= went[-1]["saved_macs"] > 0
     # the written checkpoint is the pruned deploy model, loadable through the registry
     loaded, info = dscnn.load_checkpoint(report.output)
     assert info.pruned and info.form == "deploy" and info.metrics["macs"] == report.after.macs
