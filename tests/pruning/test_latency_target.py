@@ -77,7 +77,8 @@ def test_latency_table_reproduces_the_measured_latency_of_the_deploy_graph() -> 
     groups = find_groups(model, example).groups
     settings = LatencySettings(resolution=24, threads=1, runs=40, warmup=5, repeats=3)
     measure = harness(settings)
-    cases = [{g.root: max(1, round(f * g.size)) for g in groups} for f in (0.5, 0.25)]
+    # widths between the table's calibration points (full, 1/2, 1/8), so the check is not circular
+    cases = [{g.root: max(1, round(f * g.size)) for g in groups} for f in (0.75, 0.25)]
     pruned = []
     for widths in cases:
         pruned.append(copy.deepcopy(model))
