@@ -6,21 +6,23 @@ and 3.44 -> 3.36 ms that way). Here the two are timed in alternation, repeat by 
 order, so a steady drift favours neither), each repeat being one `dscnn.latency.measure_latency_ms`
 run (its own warm-up, then the timed runs) under the docs/design.md section 4 protocol, while the
 machine-wide device lock (`searchspace.device_lock.DeviceLock.measuring`) keeps searches and
-trainings that honour it off the device. Each model's repeats give its median and its noise flag
+trainings that honour it off the device; the interleaving is `dscnn.side_by_side`'s, which stage 2
+of a study uses for its candidates too. Each model's repeats give its median and its noise flag
 (repeats more than `dscnn.latency.NOISE_TOLERANCE` apart, or a repeat timed on a machine that
 `dscnn.latency` found busy), as everywhere else.
 """
 
 from __future__ import annotations
 
-import statistics
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from dscnn.latency import NOISE_TOLERANCE, LatencyResult, LatencySettings, NoisyMeasurementWarning, measure_latency_ms
+from dscnn.latency import NOISE_TOLERANCE, LatencyResult, LatencySettings, NoisyMeasurementWarning
+from dscnn.side_by_side import measure_side_by_side
 
 if TYPE_CHECKING:
     from searchspace.device_lock import DeviceLock
@@ -46,38 +48,20 @@ class LatencyComparison:
 def compare_latency(before: nn.Module, after: nn.Module, settings: LatencySettings,
                     lock: DeviceLock | None = None) -> LatencyComparison:
     """Time ``before`` and ``after`` alternately, ``settings.repeats`` times each, holding ``lock``."""
-    single = settings.replace(repeats=1)
-    medians: dict[str, list[float]] = {"before": [], "after": []}
-    busy = {"before": False, "after": False}
-    models = {"before": before, "after": after}
     if lock is None:
         from searchspace.device_lock import DeviceLock  # here: importing searchspace loads all of it (optuna)
 
         lock = DeviceLock()
-    with lock.measuring():
-        for repeat in range(settings.repeats):
-            order = ("before", "after") if repeat % 2 == 0 else ("after", "before")
-            for name in order:
-                result = measure_latency_ms(models[name], single)
-                medians[name].append(result.median_ms)
-                busy[name] |= bool(getattr(result, "busy", False))  # dscnn.latency's busy-machine flag, if any
-    return LatencyComparison(*(_result(medians[name], settings, name, busy[name]) for name in ("before", "after")))
+    results = measure_side_by_side({"before": before, "after": after}, settings, guard=lock.measuring())
+    return LatencyComparison(*(_flagged(results[name], name) for name in ("before", "after")))
 
 
-def _result(medians: list[float], settings: LatencySettings, label: str, busy: bool) -> LatencyResult:
-    """One model's repeats as a `LatencyResult`; ``noisy`` also when a repeat found the machine busy."""
-    median = statistics.median(medians)
-    spread = max(medians) - min(medians) > NOISE_TOLERANCE * median
-    noisy = spread or busy
-    if spread:
+def _flagged(result: LatencyResult, label: str) -> LatencyResult:
+    """``noisy`` also when a repeat found the machine busy; a warning when the repeats disagree."""
+    if result.noisy:
         warnings.warn(
             f"latency of the {'unpruned' if label == 'before' else 'pruned'} model: repeats disagree by more than "
-            f"{NOISE_TOLERANCE:.0%} ({', '.join(f'{m:.3f}' for m in medians)} ms): the machine is noisy",
+            f"{NOISE_TOLERANCE:.0%} ({', '.join(f'{m:.3f}' for m in result.repeat_medians_ms)} ms): the machine is noisy",
             NoisyMeasurementWarning, stacklevel=3,
         )
-    assert settings.runs is not None
-    return LatencyResult(
-        median_ms=median, min_ms=min(medians), max_ms=max(medians), repeat_medians_ms=tuple(medians),
-        throughput_ips=settings.batch * 1000.0 / median, peak_memory_mb=None,
-        runs_timed=settings.runs * settings.repeats, noisy=noisy,
-    )
+    return dataclasses.replace(result, noisy=result.noisy or result.busy)

@@ -85,7 +85,7 @@ def test_checkpoints_get_the_permissions_of_a_normal_file(tmp_path: Path) -> Non
 
 
 def test_latency_is_compared_interleaved_under_the_device_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pruning.timing as timing
+    import dscnn.side_by_side as side_by_side
 
     calls: list[str] = []
     medians = iter([10.0, 5.0, 5.0, 10.0, 10.0, 8.0])  # before, after, after, before, before, after
@@ -97,9 +97,11 @@ def test_latency_is_compared_interleaved_under_the_device_lock(tmp_path: Path, m
         with pytest.raises(BlockingIOError):  # held exclusively while timing
             fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
         os.close(lock_file)
-        return type("R", (), {"median_ms": next(medians), "busy": False})()
+        ms = next(medians)
+        return dscnn.LatencyResult(median_ms=ms, min_ms=ms, max_ms=ms, repeat_medians_ms=(ms,), throughput_ips=1.0,
+                                   peak_memory_mb=None, runs_timed=1, noisy=False)
 
-    monkeypatch.setattr(timing, "measure_latency_ms", fake)
+    monkeypatch.setattr(side_by_side, "measure_latency_ms", fake)
     before, after = torch.nn.Identity(), torch.nn.Identity()
     before.name, after.name = "before", "after"  # type: ignore[assignment]
     with pytest.warns(UserWarning, match="pruned model: repeats disagree"):
