@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_search(config, console=console)
     except (DataError, SearchError, CheckpointError, JournalDamaged, RuntimeUnavailable) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, however long the path
         return 2
     except SearchInterrupted as exc:
-        console.print(f"{exc}; run the same command to resume (the interrupted trial is re-run)")
+        console.print(f"{exc}; run the same command to resume (the interrupted trial is re-run)", soft_wrap=True)
         return 130
     console.print(f"study {result.study_name!r}: {result.finished_trials} finished trials, results in "
                   f"{result.out_dir}/\ndashboard: optuna-dashboard {config.storage}")

@@ -128,13 +128,13 @@ def _tiny_argv(tmp_path: Path) -> list[str]:
     [
         (lambda p: ["--storage", str(p)], "is a folder"),
         (lambda p: ["--storage", str(p / "missing" / "s.db")], "does not exist"),
-        (lambda p: ["--out", str(p / "afile")], "is a file"),
+        (lambda p: ["--out", str(p / "a_file_with_a_name_long_enough_that_the_message_exceeds_a_terminal_line")], "is a file"),
     ],
 )
 def test_bad_paths_fail_before_anything_is_written(
     tmp_path: Path, extra: Any, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "afile").write_text("x")
+    (tmp_path / "a_file_with_a_name_long_enough_that_the_message_exceeds_a_terminal_line").write_text("x")
     code = search.main(_tiny_argv(tmp_path) + extra(tmp_path))
     assert code == 2 and message in capsys.readouterr().out
     assert not (tmp_path / "out" / "search_config.json").exists()
