@@ -70,6 +70,7 @@ def test_latency_targets_parse_and_resolve() -> None:
     assert candidate_widths(16) == [1, 4, 8, 12, 16]
 
 
+@pytest.mark.slow  # a timing check: on this shared 2-core machine its error ranged 1-31% between runs
 def test_latency_table_reproduces_the_measured_latency_of_the_deploy_graph() -> None:
     torch.manual_seed(0)
     model = Small().eval()
