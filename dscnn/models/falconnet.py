@@ -17,6 +17,9 @@ sqrt(512) tie between two powers of two; the smaller is taken). Further choices:
   doubling), otherwise gcd(in, out) so any searched width pair still builds.
 - Head: 1x1 conv-BN -> act -> GAP -> FC.
 - Where SCConv replaces RepSO, its SRU uses gcd(scconv_gn_groups, channels) GroupNorm groups.
+- ``channel_op="dense"`` is the paper's baseline for RefCO: a plain 1x1 conv-BN with the same in/out
+  widths wherever RefCO would be (the RefCO fields are then unused). Like ``pruned_layers``, the
+  default ``"refco"`` is kept out of `to_dict`, so the hashes of existing configs do not change.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dscnn._registry import register_family, register_model
-from dscnn.blocks.metalight import ChannelFactory, MetaLightBlock, SpatialFactory
+from dscnn.blocks.metalight import ChannelFactory, MetaLightBlock, SpatialFactory, pointwise_conv_bn
 from dscnn.blocks.refco import RefCO, refco_kernel
 from dscnn.blocks.repaso import RepSO
 from dscnn.blocks.scconv import scconv_for_width
@@ -38,6 +41,7 @@ from dscnn.layers import ConvBN, make_activation
 from dscnn.models.base import ClassifierModel, resolve_stem_stride
 
 SPATIAL_OPS = ("repso", "scconv")
+CHANNEL_OPS = ("refco", "dense")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,17 @@ class FalconNetConfig(ArchConfig):
     spatial_ops: tuple[str, ...] = ("repso",) * 4  # per stage: "repso" or "scconv"
     scconv_alpha: float = 0.5  # SCConv CRU split α where a stage uses "scconv"
     scconv_gn_groups: int = 16  # SCConv SRU GroupNorm groups (reduced to gcd with the channels)
+    channel_op: str = "refco"  # MetaLightBlock 1x1s: "refco" (SF-Conv pair) or "dense" (plain 1x1 conv-BN baseline)
+
+    def __post_init__(self) -> None:
+        if self.channel_op not in CHANNEL_OPS:
+            raise ValueError(f"FalconNet: unknown channel op {self.channel_op!r}; valid: {', '.join(CHANNEL_OPS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if self.channel_op == "refco":
+            del data["channel_op"]
+        return data
 
 
 class FalconStem(nn.Module):
@@ -128,6 +143,9 @@ def _validate(config: FalconNetConfig) -> None:
 
 
 def _channel_factory(config: FalconNetConfig) -> ChannelFactory:
+    if config.channel_op == "dense":
+        return pointwise_conv_bn
+
     def build(in_channels: int, out_channels: int) -> nn.Module:
         r = config.refco_reduction
         kernel = refco_kernel(in_channels, out_channels, r, config.refco_kernel)

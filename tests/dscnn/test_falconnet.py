@@ -15,7 +15,7 @@ from dscnn.blocks.refco import RefCO, refco_kernel
 from dscnn.blocks.repaso import RepSO
 from dscnn.blocks.scconv import SCConv
 from dscnn.models.falconnet import FalconNet, FalconNetConfig
-from tests.contracts import assert_deploy_equivalent
+from tests.contracts import assert_deploy_equivalent, assert_trains
 
 TINY = dict(widths=(8, 16, 32, 64), depths=(1, 1, 2, 1), head_dim=32, num_classes=10, resolution=32)
 
@@ -88,3 +88,34 @@ def test_errors_name_the_problem() -> None:
         FalconNet(FalconNetConfig(**{**TINY, "depths": (1, 1, 1)}))
     with pytest.raises(ValueError, match="reduction R=3"):
         FalconNet(FalconNetConfig(**TINY, refco_reduction=3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_channel_op_is_the_plain_1x1_baseline(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    dense = dscnn.create_model("falconnet", channel_op="dense", **TINY)
+    assert not any(isinstance(m, RefCO) for m in dense.modules())
+    n_blocks = 0
+    for width, stage in zip(TINY["widths"], dense.stages):
+        for b in (m for m in stage if isinstance(m, MetaLightBlock)):
+            n_blocks += 1
+            for op, c_in, c_out in ((b.expand, width, 2 * width), (b.project, 2 * width, width)):
+                conv = op.conv
+                assert (conv.kernel_size, conv.groups, conv.in_channels, conv.out_channels) == ((1, 1), 1, c_in, c_out)
+    assert n_blocks == sum(TINY["depths"])
+    refco = dscnn.create_model("falconnet", **TINY)
+    # same macro layout: only the channel operators differ, and the dense one holds more weights
+    assert dscnn.count_params(dscnn.deploy_copy(dense)) > dscnn.count_params(dscnn.deploy_copy(refco))
+    assert_deploy_equivalent(dense, torch.randn(2, 3, 32, 32), dtype)
+    assert_trains(dense, torch.randn(2, 3, 32, 32))
+
+
+def test_channel_op_is_validated_and_the_default_keeps_old_hashes() -> None:
+    with pytest.raises(ValueError, match="unknown channel op 'sparse'.*refco, dense"):
+        FalconNetConfig(**TINY, channel_op="sparse")
+    default = FalconNetConfig(**TINY)
+    assert "channel_op" not in default.to_dict()
+    dense = default.replace(channel_op="dense")
+    assert dense.arch_hash() != default.arch_hash()
+    assert dscnn.config_from_dict(json.loads(dense.to_json())) == dense
+    assert dscnn.config_from_dict(json.loads(default.to_json())) == default
