@@ -69,8 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{exc}; run the same command to resume (the interrupted trial is re-run)", soft_wrap=True)
         return 130
     console.print(f"study {result.study_name!r}: {result.finished_trials} finished trials, results in "
-                  f"{result.out_dir}/\ndashboard: optuna-dashboard {config.storage}")
+                  f"{result.out_dir}/", soft_wrap=True)
+    console.print(next_steps(config, result.best is not None), soft_wrap=True)
     return 0
+
+
+def next_steps(config: SearchConfig, has_best: bool) -> str:
+    """The commands a newcomer runs next, with this run's paths."""
+    out = config.out_dir
+    lines = ["next:", f"  optuna-dashboard {config.storage}    # every trial: latency, MACs, params, learning curve"]
+    if has_best:
+        lines += [f"  python -m pruning.resrep {out / 'best.pt'} --target-latency 0.6x    # prune the winner",
+                  f"  python -m dscnn.export {out / 'best_deploy.pt'} --onnx {out / 'best.onnx'}    # export + check"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

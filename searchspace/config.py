@@ -171,6 +171,8 @@ SETTINGS: dict[str, Setting] = {
     "timeout": _s("", "timeout_s", float, "search", "stop starting new trials after this many seconds"),
     "seed": _s("", "seed", int, "search", "sampler and training seed"),
     "pareto": _s("", "pareto", None, "search", "multi-objective: accuracy up, latency down"),
+    "baselines": _s("*", "baselines", str, "search", "hand-designed models enqueued first, comma-separated "
+                    f"({', '.join(BASELINES)})"),
     "no_baselines": _s("*", "baselines", None, "search", "do not enqueue the hand-designed models"),
     "epochs": _s("train", "epochs", int, "proxy training", "training epochs per trial"),
     "batch_size": _s("train", "batch_size", int, "proxy training", "training batch size"),
@@ -202,7 +204,7 @@ _SECTIONS: dict[str, type] = {"": SearchConfig, "data": DataConfig, "train": Tra
 
 def default_of(key: str) -> Any:
     """The default of a flat setting, read from its dataclass (for help texts)."""
-    special = {"budget_flops": None, "no_baselines": False, "device": "auto", "backend": "optuna",
+    special = {"budget_flops": None, "baselines": "all", "no_baselines": False, "device": "auto", "backend": "optuna",
                "train_device": "the --device"}
     if key in special:
         return special[key]
@@ -246,7 +248,11 @@ def _build(values: dict[str, Any]) -> SearchConfig:
             parts[""]["budget_macs"] = parse_macs(values["budget_flops"])
     except ValueError as exc:
         raise ValueError(f"--budget-flops: {exc}") from None
+    if "baselines" in values:
+        parts[""]["baselines"] = _baseline_list(values["baselines"])
     if values.get("no_baselines"):
+        if values.get("baselines"):
+            raise ValueError("--baselines and --no-baselines: give one")
         parts[""]["baselines"] = ()
     if "seed" in values:
         parts["train"]["seed"] = values["seed"]  # one seed for the sampler and the training
@@ -262,6 +268,17 @@ def _build(values: dict[str, Any]) -> SearchConfig:
         latency=LatencySettings(device=device, **parts["latency"]),
         ray=RayConfig(**parts["ray"]) if backend == "ray" else None, **parts[""],
     )
+
+
+def _baseline_list(value: Any) -> tuple[str, ...]:
+    """``"a,b"`` (a flag) or ``["a", "b"]`` (a study file) -> ``("a", "b")``; unknown names fail in SearchConfig."""
+    names = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"--baselines: a comma-separated list of names, got {value!r}")
+    names = [n.strip() for n in names if n.strip()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--baselines: {value!r} names a baseline twice")
+    return tuple(names)
 
 
 def _resolve_device(device: str) -> str:

@@ -32,6 +32,7 @@ from dscnn.measure_cache import MeasureCache
 from dscnn.runtimes import check_runtime
 from dscnn.train import TrainingDiverged, resolve_device, train_and_evaluate
 from searchspace import report
+from searchspace.comparison import print_comparison
 from searchspace.config import SearchConfig
 from searchspace.device_lock import DeviceLock
 from searchspace.identity import SearchError, check_definition, check_paths, claim_output_folder, definition
@@ -138,6 +139,7 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
         orphans = fail_orphaned_trials(study)
         requeued = requeue_lost_trials(study)
         if is_new:
+            study.set_user_attr(VAL_IMAGES_ATTR, int(data.split("val")[1].numel()))  # the verdict's noise level
             for label in config.baselines[: config.trials]:
                 study.enqueue_trial({}, user_attrs={BASELINE_ATTR: label}, skip_if_exists=False)
     (config.out_dir / "trials").mkdir(parents=True, exist_ok=True)
@@ -242,6 +244,7 @@ def _best_value(study: optuna.Study) -> float | None:
     return max((r.accuracy for r in rows if r.accuracy is not None), default=None)
 
 
+VAL_IMAGES_ATTR = "val_images"  # study user attribute: size of the validation split trials are scored on
 CHANCE_MARGIN = 0.05  # a best accuracy within this of chance (1 / classes) is reported as noise
 
 
@@ -258,6 +261,8 @@ def write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int
                            budget_macs=config.budget_macs)
     if report.trained(rows):
         report.print_table(front, console)
+        print_comparison(rows, console, num_classes=int(study.user_attrs.get("definition", {}).get("num_classes", 0))
+                         or None, val_images=study.user_attrs.get(VAL_IMAGES_ATTR))
     budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs}
     busy = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("latency_busy")]
     if busy:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,26 @@ def test_study_table_is_the_top_level_or_the_search_table(tmp_path) -> None:  # 
     chain.write_text("budget_ms = \n")
     with pytest.raises(ValueError, match="not valid TOML"):
         read_study_table(chain)
+
+
+def test_baselines_flag_and_study_list_choose_the_enqueued_models(tmp_path: Path) -> None:
+    config = search.config_from_args(["--device", "cpu", "--baselines", "fasternet_t0_w0.5, dscnn_t0_w0.5"])
+    assert config.baselines == ("fasternet_t0_w0.5", "dscnn_t0_w0.5")
+    study = tmp_path / "s.toml"
+    study.write_text('baselines = ["falconnet"]\n')
+    assert search.config_from_args(["--study", str(study), "--device", "cpu"]).baselines == ("falconnet",)
+    assert search.config_from_args(["--device", "cpu", "--baselines", ""]).baselines == ()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--baselines", "resnet1000"], "baselines unknown: resnet1000"),
+        (["--baselines", "falconnet,falconnet"], "names a baseline twice"),
+        (["--baselines", "falconnet", "--no-baselines"], "give one"),
+    ],
+)
+def test_bad_baselines_are_one_line_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        search.config_from_args(["--device", "cpu", *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err

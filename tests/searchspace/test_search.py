@@ -127,3 +127,21 @@ def test_study_file_supplies_defaults_and_flags_override(tmp_path: Path) -> None
     study.write_text("budget_mss = 3.0\n")
     with pytest.raises(SystemExit):
         search.config_from_args(["--study", str(study)])
+
+
+def test_the_cli_ends_with_the_comparison_and_the_next_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # rich would shorten names to the captured terminal's 80
+    out = tmp_path / "out"
+    argv = ["--device", "cpu", "--budget-flops", "30M", "--space", "dscnn", "--trials", "2", "--seed", "4",
+            "--baselines", "fasternet_t0_w0.5", "--epochs", "1", "--batch-size", "20", "--train-per-class", "4",
+            "--val-per-class", "2", "--storage", str(tmp_path / "studies.db"), "--out", str(out),
+            "--cache", str(tmp_path / "latency.sqlite"), "--device-lock", str(tmp_path / "device.lock")]
+    assert search.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "searched vs hand-designed (validation top-1; chance 10.0%)" in text
+    assert "fasternet_t0_w0.5" in text and "on 20 validation images, one seed" in text  # 2 per class x 10
+    assert f"optuna-dashboard {tmp_path / 'studies.db'}" in text
+    assert f"python -m pruning.resrep {out / 'best.pt'} --target-latency 0.6x" in text
+    assert f"python -m dscnn.export {out / 'best_deploy.pt'}" in text
