@@ -16,6 +16,7 @@ from typing import Any
 
 from dscnn.checkpoint import CheckpointError
 from dscnn.data import DATASETS, DataError
+from dscnn.runtimes import RUNTIMES, RuntimeUnavailable
 from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
 from pruning.run import RunConfig, run_pruning
 
@@ -45,7 +46,9 @@ AddFlags = Callable[[argparse.ArgumentParser], None]
 Build = Callable[[dict[str, Any]], PruningAlgorithm]
 
 
-def build_parser(method: str, add_flags: AddFlags) -> argparse.ArgumentParser:
+def build_parser(method: str, add_flags: AddFlags, without: tuple[str, ...] = (),
+                 defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The parser of ``method``: the run flags but those in ``without``; ``defaults`` replace RunConfig's top-level ones."""
     parser = argparse.ArgumentParser(
         prog=f"python -m pruning.{method}",
         description=f"Prune a model's deploy form with {method} to a FLOPs target (fvcore MACs, batch 1).",
@@ -56,30 +59,40 @@ def build_parser(method: str, add_flags: AddFlags) -> argparse.ArgumentParser:
     parser.add_argument("--target-latency", help="instead of --target-flops: measured latency, 3ms or 0.5x the current "
                                                  "(a per-layer latency table picks the widths; the pruned model is "
                                                  "measured, and a miss exits 1 writing nothing)")
-    defaults = RunConfig(target="0.5x")
+    base = dataclasses.replace(RunConfig(target="0.5x"), **(defaults or {}))
     for flag, section, name, kind, text in RUN_FLAGS:
-        owner = getattr(defaults, section) if section else defaults
+        if flag in without:
+            continue
+        owner = getattr(base, section) if section else base
         parser.add_argument(flag, dest=f"{section}.{name}", type=kind, metavar=flag[2:].upper().replace("-", "_"),
                             help=default_help(text, owner, name))
     parser.add_argument("--no-latency", dest="time_latency", action="store_false", default=None,
                         help="skip the CPU latency measurements")
+    parser.add_argument("--runtime", dest="latency_runtime", metavar="RUNTIME",
+                        help=f"runtime the latency table and the before/after timings run in: {', '.join(RUNTIMES)} "
+                             f"(default: {base.latency_runtime})")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bars")
     add_flags(parser.add_argument_group(method))  # type: ignore[arg-type]
     return parser
 
 
-def run_cli(method: str, argv: list[str] | None, add_flags: AddFlags, build: Build) -> int:
-    """Parse ``argv``, run the pruning, print the report; 0 on success, 2 on bad input."""
-    args = vars(build_parser(method, add_flags).parse_args(argv))
+def run_cli(method: str, argv: list[str] | None, add_flags: AddFlags, build: Build, *, without: tuple[str, ...] = (),
+            defaults: dict[str, Any] | None = None) -> int:
+    """Parse ``argv``, run the pruning, print the report; 0 on success, 2 on bad input, 1 on a missed latency target.
+
+    ``without`` drops run flags the method has no use for; ``defaults`` are its own RunConfig defaults.
+    """
+    args = vars(build_parser(method, add_flags, without, defaults).parse_args(argv))
     given = {k: v for k, v in args.items()
              if v is not None and k not in ("checkpoint", "model", "target_flops", "target_latency")}
     run = {(k.split(".")[0], k.split(".")[1]): v for k, v in given.items() if "." in k}
     try:
-        config = _run_config(args["target_flops"] or "", run, given, args["target_latency"])
-        algorithm = build({k: v for k, v in given.items() if "." not in k and k not in ("time_latency", "progress")})
+        config = _run_config(args["target_flops"] or "", run, given, args["target_latency"], defaults)
+        algorithm = build({k: v for k, v in given.items()
+                           if "." not in k and k not in ("time_latency", "progress", "latency_runtime")})
         _, report = run_pruning(algorithm, config, checkpoint=args["checkpoint"], torchvision_model=args["model"])
-    except (PruningError, DataError, CheckpointError) as exc:  # the user's input, not a bug: one line
+    except (PruningError, DataError, CheckpointError, RuntimeUnavailable) as exc:  # the user's input, not a bug: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TargetMissed as exc:  # measured, and missed: say so, write nothing
@@ -91,8 +104,9 @@ def run_cli(method: str, argv: list[str] | None, add_flags: AddFlags, build: Bui
 
 
 def _run_config(target: str, run: dict[tuple[str, str], Any], given: dict[str, Any],
-                target_latency: str | None = None) -> RunConfig:
-    base = RunConfig(target=target, target_latency=target_latency, time_latency=given.get("time_latency", True))
+                target_latency: str | None = None, defaults: dict[str, Any] | None = None) -> RunConfig:
+    base = RunConfig(target=target, target_latency=target_latency, time_latency=given.get("time_latency", True),
+                     **(defaults or {}))
     try:
         sections = {
             section: dataclasses.replace(getattr(base, section), **{n: v for (s, n), v in run.items() if s == section})
@@ -101,7 +115,7 @@ def _run_config(target: str, run: dict[tuple[str, str], Any], given: dict[str, A
         if ("train", "seed") in run:  # one seed for the data subset and the training
             sections["data"] = dataclasses.replace(sections["data"], seed=run[("train", "seed")])
         top = {n: v for (s, n), v in run.items() if s == ""}
-        top |= {k: given[k] for k in ("time_latency", "progress") if k in given}
+        top |= {k: given[k] for k in ("time_latency", "progress", "latency_runtime") if k in given}
         return dataclasses.replace(base, **sections, **top)
     except ValueError as exc:
         raise PruningError(str(exc)) from None

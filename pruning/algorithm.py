@@ -3,7 +3,8 @@
 The driver (`pruning.run.run_pruning`) loads and fuses the model, then calls, in order:
 ``prepare`` (find groups, attach whatever the algorithm trains), trains the returned model with
 ``param_groups`` for the optimizer and ``regularize`` after every backward pass (with BatchNorms
-re-inserted after its biased convs, `pruning.retrain`, and folded back before the next call), then
+re-inserted after its biased convs, `pruning.retrain`, and folded back before the next call; no
+training at all when ``regularized`` is False), then
 ``prune`` (physical removal; the result must meet the target), and records ``summary()``.
 """
 
@@ -26,6 +27,7 @@ class TargetMissed(RuntimeError):
 
 class PruningAlgorithm(Protocol):
     name: str  # short name used in reports and default output paths ("resrep", "csgd")
+    regularized: bool  # False: no training between prepare() and prune() (magnitude pruning: fine-tuning only)
 
     def prepare(self, model: nn.Module, target_macs: float, example: Tensor, steps_per_epoch: int,
                 epochs: int = 1) -> nn.Module:

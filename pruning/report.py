@@ -23,6 +23,7 @@ HEADLINE_FACTS = {
     "max_removed_row_norm": "largest removed compactor row norm",  # ResRep
     "max_cluster_distance": "largest within-cluster distance",  # C-SGD
     "merge_relative_error": "output change by the merge (relative)",  # C-SGD
+    "max_removed_importance": "largest removed L1 importance",  # magnitude
 }
 
 
@@ -94,8 +95,9 @@ class PruneReport:
         if change is None:
             return None
         repeats = (self.latency_settings or {}).get("repeats", "?")
-        text = (f"latency {change:+.1%} ({self.before.latency_ms:.3f} -> {self.after.latency_ms:.3f} ms; both timed "
-                f"interleaved, {repeats} repeats each, under the device lock)")
+        runtime = (self.latency_settings or {}).get("runtime", "eager")
+        text = (f"latency {change:+.1%} ({self.before.latency_ms:.3f} -> {self.after.latency_ms:.3f} ms, runtime "
+                f"{runtime}; both timed interleaved, {repeats} repeats each, under the device lock)")
         return text + (" NOISY: repeats disagree by more than 20%, do not trust this change" if self.latency_noisy
                        else "")
 

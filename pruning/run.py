@@ -28,6 +28,7 @@ from torch import nn
 from dscnn.complexity import count_macs, count_params
 from dscnn.data import DataConfig, ImageDataset, load_dataset
 from dscnn.latency import LatencySettings
+from dscnn.runtimes import check_runtime, validate_runtime_name
 from dscnn.train import TrainConfig, evaluate_accuracy
 from dscnn.units import format_macs
 from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
@@ -64,6 +65,7 @@ class RunConfig:
     device_lock: str | None = None  # the machine-wide lock held while timing; None = $REPNAS_DEVICE_LOCK or default
     progress: bool = True  # progress bars while training
     target_latency: str | None = None  # instead of ``target``: "3ms" or "0.5x" of the measured latency
+    latency_runtime: str = "eager"  # dscnn.runtimes name the latency table and the before/after timings run in
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0:
@@ -74,6 +76,10 @@ class RunConfig:
             raise PruningError("give exactly one of --target-flops and --target-latency")
         if self.target_latency is not None and not self.time_latency:
             raise PruningError("--target-latency needs the latency measurements: drop --no-latency")
+        try:
+            validate_runtime_name(self.latency_runtime)
+        except ValueError as exc:
+            raise PruningError(str(exc)) from None
 
     def train_config(self, resolution: int, epochs: int) -> TrainConfig:
         return dataclasses.replace(self.train, resolution=resolution, epochs=epochs)
@@ -95,12 +101,14 @@ def run_pruning(
     out = _output_path(config, checkpoint, torchvision_model, algorithm.name)
     report_path = out.with_suffix(".json")
     check_output_paths([("--out", out), ("report", report_path)])
+    if config.time_latency:  # an unknown or unavailable runtime fails now, in one line, before any work
+        _check_runtime(config)
     lock = _device_lock(config) if config.time_latency else None
     source, data, target_macs = _load(config, checkpoint, torchvision_model)
     target_ms: float | None = None
     resolution = source.resolution or data.resolution
     train = config.train_config(resolution, config.train.epochs)
-    settings = LatencySettings(resolution=resolution, threads=config.latency_threads)
+    settings = LatencySettings(resolution=resolution, threads=config.latency_threads, runtime=config.latency_runtime)
 
     model = source.model
     before = _stats(model, data, train, resolution)
@@ -126,10 +134,11 @@ def run_pruning(
         algorithm.latency_measure = harness(settings, lock)  # type: ignore[attr-defined]
     steps_per_epoch = max(1, len(data.train_labels) // train.batch_size)
     work = algorithm.prepare(model, target_macs, example, steps_per_epoch, epochs=train.epochs)
-    train_deploy(
-        work, data, train, param_groups=algorithm.param_groups, after_backward=algorithm.regularize,
-        progress=config.progress,
-    )
+    if getattr(algorithm, "regularized", True):  # magnitude pruning has no regularised training
+        train_deploy(
+            work, data, train, param_groups=algorithm.param_groups, after_backward=algorithm.regularize,
+            progress=config.progress,
+        )
     accuracy_before_prune = evaluate_accuracy(work, data, train)  # the trained model, before conversion
     pruned = algorithm.prune(work)
     accuracy_after_prune = evaluate_accuracy(pruned, data, train)
@@ -186,6 +195,13 @@ def _where_macs_went(cost: CostModel, widths: dict[str, int], top: int = 5) -> l
              "saved_macs": cost.total_macs - cost.macs({root: range(width, cost.groups[root].size)})}
             for root, width in widths.items() if root in cost.groups and width < cost.groups[root].size]
     return sorted(rows, key=lambda row: -int(row["saved_macs"]))[:top]  # type: ignore[call-overload]
+
+
+def _check_runtime(config: RunConfig) -> None:
+    try:
+        check_runtime(LatencySettings(threads=config.latency_threads, runtime=config.latency_runtime))
+    except ValueError as exc:  # RuntimeUnavailable, or settings the runtime refuses
+        raise PruningError(str(exc)) from None
 
 
 def _device_lock(config: RunConfig) -> DeviceLock:

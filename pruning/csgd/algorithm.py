@@ -103,6 +103,7 @@ class CSGD:
     """The C-SGD algorithm behind the `pruning.algorithm.PruningAlgorithm` interface."""
 
     name = "csgd"
+    regularized = True  # trains with the centripetal rule before pruning
 
     def __init__(self, config: CSGDConfig | None = None) -> None:
         self.config = config or CSGDConfig()

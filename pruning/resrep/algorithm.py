@@ -104,6 +104,7 @@ class ResRep:
     """The ResRep algorithm behind the `pruning.algorithm.PruningAlgorithm` interface."""
 
     name = "resrep"
+    regularized = True  # trains with the compactors and the lasso before pruning
 
     def __init__(self, config: ResRepConfig | None = None) -> None:
         self.config = config or ResRepConfig()

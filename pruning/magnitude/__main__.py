@@ -1,0 +1,5 @@
+"""``python -m pruning.magnitude``."""
+
+from pruning.magnitude.cli import main
+
+raise SystemExit(main())
