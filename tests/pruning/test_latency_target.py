@@ -184,7 +184,9 @@ def test_snapping_takes_the_next_multiple_only_when_it_measures_no_slower(penalt
     group = next(g for g in find_groups(model, example).groups if g.root == "stem")
 
     def fake(m: nn.Module) -> float:  # 1 ms, plus ``penalty`` for any width that is a multiple of 4
-        width = m.get_submodule("stem").out_channels
+        stem = m.get_submodule("stem")
+        assert isinstance(stem, nn.Conv2d)
+        width = stem.out_channels
         return 1.0 + (penalty if width % 4 == 0 else 0.0)
 
     assert snap_width(model, group, 13, example, fake) == expected

@@ -52,6 +52,7 @@ def test_the_lowest_l1_channels_go_and_the_target_holds() -> None:
     probe = torch.randn(2, 3, 16, 16)
     kept_a = model.a.weight.detach().clone()
     pruned = algorithm.prune(model)
+    assert isinstance(pruned, Chain)
     assert dscnn.count_macs(pruned, 16) <= target
     assert pruned.a.out_channels == width and pruned.b.in_channels == width
     # the survivors are channel 2 (the largest) and then the highest indices, in their original order
@@ -175,3 +176,30 @@ def test_the_before_after_latency_runs_in_the_chosen_runtime(tmp_path: Path, cap
         assert report["latency"][side]["runtime"] == runtime and report["latency"][side]["runtime_version"]
         assert report["latency"][side]["median_ms"] > 0
     assert f"runtime {runtime}" in captured.out
+
+
+def test_the_latency_table_is_measured_in_the_chosen_runtime(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every timing behind a latency target (table, calibration, snapping) runs in ``--runtime``."""
+    import pruning.latency_table
+    import pruning.run
+    from dscnn.latency import LatencyResult
+
+    runtimes: list[str] = []
+
+    def fake_measure(model: nn.Module, settings: object) -> LatencyResult:  # ms grows with the weights
+        runtimes.append(settings.runtime)  # type: ignore[attr-defined]
+        ms = 0.01 + 1e-5 * sum(p.numel() for p in model.parameters())
+        return LatencyResult(ms, ms, ms, (ms,), 1000 / ms, None, 1, False)
+
+    monkeypatch.setattr(pruning.latency_table, "measure_latency_ms", fake_measure)
+    monkeypatch.setattr(pruning.run, "compare_latency", _fake_timing(0.2))
+    torch.manual_seed(0)
+    ckpt = dscnn.save_checkpoint(tmp_path / "resnet20.pt", dscnn.create_model("resnet20", **tiny_overrides("resnet20")))
+    out = tmp_path / "pruned.pt"
+    code = magnitude_main([str(ckpt), "--target-latency", "0.7x", "--runtime", "onnxruntime", "--no-progress",
+                           "--finetune-epochs", "0", "--out", str(out), *DATA])
+    assert code == 0, capsys.readouterr().err
+    assert len(runtimes) > 10 and set(runtimes) == {"onnxruntime"}
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["latency_settings"]["runtime"] == "onnxruntime" and report["latency"]["met"]
