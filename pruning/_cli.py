@@ -1,8 +1,11 @@
-"""The command line shared by every pruning algorithm (``python -m pruning.resrep``, ``pruning.csgd``).
+"""The command line shared by every pruning algorithm (``python -m pruning.resrep``, ``pruning.csgd``,
+``pruning.magnitude``).
 
 Flags left unset fall back to the dataclass defaults (`pruning.run.RunConfig` and the algorithm's
-config), the single source of truth. Bad input is reported as ``error: ...`` with exit status 2,
-and nothing is written.
+config; a method may replace a default, e.g. magnitude's fine-tuning epochs), the single source of
+truth. Bad input, an unknown runtime or one that cannot run here (``--runtime``, validated as
+`dscnn.runtimes` does for the search and `dscnn.bench`) is reported as ``error: ...`` with exit
+status 2, and nothing is written.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def build_parser(method: str, add_flags: AddFlags, without: tuple[str, ...] = ()
     """The parser of ``method``: the run flags but those in ``without``; ``defaults`` replace RunConfig's top-level ones."""
     parser = argparse.ArgumentParser(
         prog=f"python -m pruning.{method}",
-        description=f"Prune a model's deploy form with {method} to a FLOPs target (fvcore MACs, batch 1).",
+        description=f"Prune a model's deploy form with {method} to a FLOPs target (fvcore MACs, batch 1) or a "
+                    "measured-latency target.",
     )
     parser.add_argument("checkpoint", nargs="?", help="repnas checkpoint; with --model: an optional state_dict file")
     parser.add_argument("--model", help="prune a torchvision model by name (weights=None) instead of a checkpoint")
