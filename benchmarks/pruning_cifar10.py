@@ -126,6 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="where the trained and pruned checkpoints go (not committed)")
     p.add_argument("--out", default="benchmarks/results/pruning_cifar10.json")
     p.add_argument("--resume", action="store_true", help="keep the rows in --out made with the same settings")
+    p.add_argument("--markdown", action="store_true", help="only print the rows of --out as a markdown table")
     args = p.parse_args(argv)
     if not 0 <= args.finetune_epochs < args.budget_epochs:
         p.error("--finetune-epochs must be in [0, --budget-epochs)")
@@ -235,6 +236,36 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def markdown(rows: dict[str, dict[str, Any]]) -> str:
+    """One line per row, then per (model, method, target) the mean over the seeds."""
+    lines = ["| run | top-1 before conversion | right after | final top-1 | MACs | params | CPU ms (unpruned) |",
+             "|---|---|---|---|---|---|---|"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, r in rows.items():
+        label, seed, run = key.split("/")
+        if "missed" in r:
+            lines.append(f"| {key} | - | - | target missed: {r['missed'][:120]} | - | - | - |")
+            continue
+        groups.setdefault(f"{label}/{run}", []).append(r)
+        groups.setdefault(f"{label}/unpruned", []).append({**r["unpruned"], "seed": seed})
+        u = r["unpruned"]
+        ms = _ms(r["latency_ms"], r["latency_noisy"])
+        lines.append(f"| {key} | {_pct(r['accuracy_before_conversion'])} | {_pct(r['accuracy_after_conversion'])} | "
+                     f"{_pct(r['accuracy'])} (unpruned {_pct(u['accuracy'])}) | {format_macs(r['macs'])} | "
+                     f"{r['params']:,} | {ms} ({_ms(u['latency_ms'], u['latency_noisy'])}) |")
+    lines += ["", "| model / row | seeds | mean top-1 | per seed |", "|---|---|---|---|"]
+    for name, rs in groups.items():
+        if name.endswith("/unpruned"):  # one unpruned model per seed, repeated in every row of that seed
+            rs = list({r["seed"]: r for r in rs}.values())
+        accs = [r["accuracy"] for r in rs]
+        lines.append(f"| {name} | {len(accs)} | {sum(accs) / len(accs):.4f} | {', '.join(f'{a:.4f}' for a in accs)} |")
+    return "\n".join(lines)
+
+
+def _ms(value: float | None, noisy: bool | None) -> str:
+    return "-" if value is None else f"{value:.3f}" + (" busy/noisy" if noisy else "")
+
+
 def kept_rows(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     if not args.resume or not out.is_file():
@@ -252,6 +283,9 @@ def load_now() -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())["rows"]))
+        return 0
     torch.set_num_threads(args.threads)
     console = Console(width=170)
     rows = kept_rows(args)
