@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dscnn.blocks.fast_branch import applies, current_branch_impl, fast_branch_sum
+from dscnn.blocks.fast_pointwise import applies_pointwise, fast_pointwise_sum
 from dscnn.fusion import conv_from_branch, fold_identity_bn, sum_branches
 from dscnn.layers import ConvBN, check_groups
 from dscnn.reparam import Reparameterizable
@@ -23,7 +24,8 @@ class BranchConv(Reparameterizable):
 
     After `reparameterize()` it holds a single biased Conv2d (``self.fused``) of the largest shape.
     In train mode, depthwise stride-1 instances run the exact fast path of `dscnn.blocks.fast_branch`
-    (same function and gradients, fewer passes) unless ``branch_impl("reference")`` is active.
+    and all-1x1 stride-1 ones (RefCO's stages) that of `dscnn.blocks.fast_pointwise` (same function
+    and gradients, fewer passes) unless ``branch_impl("reference")`` is active.
     """
 
     def __init__(
@@ -80,8 +82,11 @@ class BranchConv(Reparameterizable):
     def forward(self, x: Tensor) -> Tensor:
         if self.fused is not None:
             return self.fused(x)
-        if self.training and current_branch_impl() == "fast" and applies(self, x):
-            return fast_branch_sum(self, x)
+        if self.training and current_branch_impl() == "fast":
+            if applies(self, x):
+                return fast_branch_sum(self, x)
+            if applies_pointwise(self, x):
+                return fast_pointwise_sum(self, x)
         out = sum(branch(x) for branch in self.branches)
         if self.identity is not None:
             out = out + self.identity(x)
