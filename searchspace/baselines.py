@@ -34,6 +34,7 @@ BASELINES: dict[str, Baseline] = {
         Baseline("falconnet", "falconnet"),
         Baseline("fasternet_t0", "fasternet_t0"),
         Baseline("fasternet_t0_w0.5", "fasternet_t0", {"embed_dim": 20}),
+        Baseline("resnet20", "resnet20"),  # He et al. 2016's CIFAR ResNet: the hand-designed net of this resolution
     )
 }
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import tomllib
 
-from pruning.targets import parse_target
+from pruning.targets import parse_latency_target, parse_target
 from searchspace import SearchConfig
 
 
@@ -25,7 +25,7 @@ class StudyError(ValueError):
 
 
 STAGES = ("search", "stage2", "retrain", "prune", "export", "report")
-PRUNE_METHODS = ("resrep", "csgd")
+PRUNE_METHODS = ("resrep", "csgd", "magnitude")
 
 
 @dataclass(frozen=True)
@@ -36,17 +36,29 @@ class StudyPlan:
     out: Path  # every artifact of the study
     search: dict[str, Any]  # search.py flags (underscored)
     retrain_epochs: int = 10  # final training of the winner, from scratch
-    prune_method: str = "resrep"  # resrep | csgd
-    target_flops: str = "0.5x"  # 0.3G, 300M or 0.5x of the winner's deploy MACs
+    prune_method: str = "resrep"  # the first of prune_methods: the one exported when only one runs
+    target_flops: str = "0.5x"  # 0.3G, 300M or 0.5x of the winner's deploy MACs ("" with target_latency)
     prune_epochs: int = 2  # training with the pruning regularizer
     finetune_epochs: int = 1  # plain training after pruning
     prune_options: dict[str, Any] = field(default_factory=dict)  # the method's own knobs (lasso, ...)
+    prune_methods: tuple[str, ...] = ()  # every method run on the winner at equal epochs; () = (prune_method,)
+    target_latency: str | None = None  # instead of target_flops: "3ms" or "0.6x" of the winner's measured latency
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # [prune.<method>] tables
     torchscript: bool = True  # also export TorchScript beside ONNX
     stage2: Any = None  # studies.stage2.Stage2Config when the file has a [stage2] table, else None
 
     @property
     def storage(self) -> str:
         return str(self.search.get("storage", self.out / "studies.db"))
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.prune_methods or (self.prune_method,)
+
+    def options_of(self, method: str) -> dict[str, Any]:
+        """A method's knobs: its own [prune.<method>] table; the flat [prune] keys when it runs alone."""
+        flat = self.prune_options if len(self.methods) == 1 else {}
+        return {**flat, **self.method_options.get(method, {})}
 
     def stage_dir(self, stage: str) -> Path:
         return self.out / stage
@@ -100,24 +112,50 @@ def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> StudyPlan:
     if unknown:
         raise StudyError(f"study file {str(path)!r}: unknown table(s)/key(s) {', '.join(unknown)}")
     retrain, prune, export = doc.get("retrain", {}), dict(doc.get("prune", {})), doc.get("export", {})
-    method = prune.pop("method", "resrep")
-    if method not in PRUNE_METHODS:
-        raise StudyError(f"[prune] method {method!r}: valid methods are {', '.join(PRUNE_METHODS)}")
+    methods = _methods(path, prune)
+    method_options = {m: dict(prune.pop(m)) for m in PRUNE_METHODS if isinstance(prune.get(m), dict)}
+    target_latency = prune.pop("target_latency", None)
+    target_flops = prune.pop("target_flops", "" if target_latency is not None else "0.5x")
+    if target_latency is not None and target_flops:
+        raise StudyError(f"{path}: [prune] give target_flops or target_latency, not both")
+    if len(methods) > 1 and prune and set(prune) - {"epochs", "finetune_epochs"}:
+        raise StudyError(f"{path}: [prune] with several methods, put each method's knobs in its own table "
+                         f"([prune.resrep] ...), not {', '.join(sorted(prune))}")
     plan = StudyPlan(
         path=path, out=Path(doc.get("out", f"runs/{path.stem}")), search=dict(doc.get("search", {})),
-        retrain_epochs=int(retrain.get("epochs", 10)), prune_method=method,
-        target_flops=str(prune.pop("target_flops", "0.5x")), prune_epochs=int(prune.pop("epochs", 2)),
+        retrain_epochs=int(retrain.get("epochs", 10)), prune_method=methods[0],
+        target_flops=str(target_flops), prune_epochs=int(prune.pop("epochs", 2)),
         finetune_epochs=int(prune.pop("finetune_epochs", 1)), prune_options=prune,
+        prune_methods=methods, target_latency=None if target_latency is None else str(target_latency),
+        method_options=method_options,
         torchscript=bool(export.get("torchscript", True)), stage2=_stage2(path, doc.get("stage2")),
     )
     if plan.retrain_epochs < 1 or plan.prune_epochs < 1 or plan.finetune_epochs < 0:
         raise StudyError(f"{path}: [retrain] epochs and [prune] epochs must be >= 1, finetune_epochs >= 0")
-    try:
-        parse_target(plan.target_flops)  # a bad target fails now, not after the search
+    try:  # a bad target fails now, not after the search
+        if plan.target_latency is not None:
+            parse_latency_target(plan.target_latency)
+        else:
+            parse_target(plan.target_flops)
     except ValueError as exc:
-        raise StudyError(f"{path}: [prune] target_flops: {exc}") from None
+        which = "target_latency" if plan.target_latency is not None else "target_flops"
+        raise StudyError(f"{path}: [prune] {which}: {exc}") from None
     plan.search_config()  # so does a bad [search] table
     return plan
+
+
+def _methods(path: Path, prune: dict[str, Any]) -> tuple[str, ...]:
+    """``method = "resrep"`` or ``methods = ["resrep", "csgd", "magnitude"]`` (popped from ``prune``)."""
+    if "method" in prune and "methods" in prune:
+        raise StudyError(f"{path}: [prune] give method or methods, not both")
+    raw = prune.pop("methods", None)
+    methods = (prune.pop("method", "resrep"),) if raw is None else tuple(raw) if isinstance(raw, list) else (raw,)
+    for method in methods:
+        if method not in PRUNE_METHODS:
+            raise StudyError(f"[prune] method {method!r}: valid methods are {', '.join(PRUNE_METHODS)}")
+    if not methods or len(set(methods)) != len(methods):
+        raise StudyError(f"{path}: [prune] methods must name each method once, got {list(methods)}")
+    return methods
 
 
 def _stage2(path: Path, table: dict[str, Any] | None) -> Any:

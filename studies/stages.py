@@ -73,31 +73,87 @@ def _stage2_winner(plan: StudyPlan, summary: Record) -> Record:
             "epochs": run["epochs"], "from_stage2": best["label"]}
 
 
-def _algorithm(plan: StudyPlan) -> Any:
-    if plan.prune_method == "resrep":
+def _algorithm(method: str, options: dict[str, Any]) -> Any:
+    if method == "resrep":
         from pruning.resrep import ResRep, ResRepConfig
 
-        return ResRep(ResRepConfig(**plan.prune_options))
-    from pruning.csgd import CSGD, CSGDConfig
+        return ResRep(ResRepConfig(**options))
+    if method == "csgd":
+        from pruning.csgd import CSGD, CSGDConfig
 
-    return CSGD(CSGDConfig(**plan.prune_options))
+        return CSGD(CSGDConfig(**options))
+    from pruning.magnitude import Magnitude, MagnitudeConfig
+
+    return Magnitude(MagnitudeConfig(**options))
 
 
 def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
+    """Every [prune] method on the winner, at equal epochs (a method without regularised training
+    fine-tunes for the regularised epochs too), each resumable on its own; the one exported is the
+    most accurate on validation among those that met the target."""
+    runs = {m: _prune_one(plan, m, records["retrain"]["checkpoint"], console) for m in plan.methods}
+    finished = {m: r for m, r in runs.items() if "report" in r and r["met_target"]}
+    if not finished:
+        raise StudyError("no pruning method reached the target: "
+                         + "; ".join(f"{m}: {r.get('error', 'target missed')}" for m, r in runs.items()))
+    chosen = max(finished, key=lambda m: finished[m]["report"]["after"]["accuracy"] or 0.0)
+    return {"checkpoint": finished[chosen]["checkpoint"], "report": finished[chosen]["report"], "chosen": chosen,
+            "methods": runs}
+
+
+def _prune_one(plan: StudyPlan, method: str, checkpoint: str, console: Console) -> Record:
+    from pruning.algorithm import PruningError, TargetMissed
     from pruning.run import RunConfig, run_pruning
 
+    folder = plan.stage_dir("prune") / method
+    done = folder / "record.json"
+    if done.is_file():
+        console.log(f"prune: {method} finished earlier ({done})")
+        return dict(json.loads(done.read_text()))
+    folder.mkdir(parents=True, exist_ok=True)
     config = plan.search_config()
+    algorithm = _algorithm(method, plan.options_of(method))
+    regularized = getattr(algorithm, "regularized", True)
+    finetune = plan.finetune_epochs if regularized else plan.prune_epochs + plan.finetune_epochs
     train = dataclasses.replace(
-        RunConfig(target=plan.target_flops).train, epochs=plan.prune_epochs, batch_size=config.train.batch_size,
+        RunConfig(target="0.5x").train, epochs=plan.prune_epochs, batch_size=config.train.batch_size,
         device=config.train.device, seed=config.train.seed,
     )
     run = RunConfig(
-        target=plan.target_flops, data=config.data, train=train, finetune_epochs=plan.finetune_epochs,
-        out=str(plan.stage_dir("prune") / "pruned.pt"), latency_threads=config.latency.threads,
+        target=plan.target_flops if plan.target_latency is None else "", target_latency=plan.target_latency,
+        data=config.data, train=train, finetune_epochs=finetune, out=str(folder / "pruned.pt"),
+        latency_threads=config.latency.threads, latency_runtime=config.latency.runtime,
+        device_lock=config.device_lock,
     )
-    _, report = run_pruning(_algorithm(plan), run, checkpoint=records["retrain"]["checkpoint"], console=console)
-    report.print(console)
-    return {"checkpoint": report.output, "report": report.to_dict()}
+    console.log(f"prune: {method} to {plan.target_latency or plan.target_flops} "
+                f"({plan.prune_epochs + plan.finetune_epochs} epochs in all)")
+    try:
+        model, report = run_pruning(algorithm, run, checkpoint=checkpoint, console=console)
+    except (PruningError, TargetMissed) as exc:  # one method's failure is a result, not the end of the study
+        record: Record = {"method": method, "error": str(exc), "met_target": False}
+    else:
+        report.print(console)
+        met = (report.latency or {}).get("met", True) if plan.target_latency is not None else True
+        record = {"method": method, "checkpoint": report.output, "report": report.to_dict(), "met_target": bool(met),
+                  "test_accuracy": _test_accuracy(model, config), "epochs": {"regularized": plan.prune_epochs
+                                                                             if regularized else 0,
+                                                                             "finetune": finetune}}
+    tmp = folder / ".record.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(done)
+    return record
+
+
+def _test_accuracy(model: Any, config: Any) -> float | None:
+    """Top-1 on the data set's test split when the study has one (never used to choose)."""
+    from dscnn.data import load_dataset
+    from dscnn.train import evaluate_accuracy
+
+    data = load_dataset(config.data)
+    if not data.has_test:
+        return None
+    view = dataclasses.replace(data, val_images=data.test_images, val_labels=data.test_labels)
+    return float(evaluate_accuracy(model, view, config.train))
 
 
 def export(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:

@@ -62,6 +62,7 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
         f"FLOPs -{pr['macs_reduction']:.1%}; top-1 right after pruning, before fine-tuning: "
         f"{_fmt(pr['accuracy_after_prune'])}.",
         "",
+        *_methods_section(prune),
         *_pruning_warnings(pr),
         "![Per-layer output widths before and after pruning](widths.png)",
         "",
@@ -94,6 +95,31 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _methods_section(prune: Record) -> list[str]:
+    """Every method the study ran on the winner, at equal epochs; the exported one marked."""
+    runs = prune.get("methods") or {}
+    if len(runs) < 2:
+        return []
+    lines = ["### Every pruning method at equal epochs", "",
+             "| method | epochs (regularised + fine-tune) | met target | params | FLOPs (MACs) | latency ms | "
+             "val top-1 before conversion | val top-1 | test top-1 |", "|---|---|---|---|---|---|---|---|---|"]
+    for method, run in runs.items():
+        mark = " (exported)" if method == prune.get("chosen") else ""
+        if "report" not in run:
+            lines.append(f"| {method} | - | no: {run.get('error', '?')} | - | - | - | - | - | - |")
+            continue
+        r, epochs = run["report"], run.get("epochs", {})
+        after = r["after"]
+        lines.append(
+            f"| {method}{mark} | {epochs.get('regularized', '?')} + {epochs.get('finetune', '?')} | "
+            f"{'yes' if run['met_target'] else 'no'} | {after['params']:,} | {format_macs(after['macs'])} | "
+            f"{_fmt(after['latency_ms'], 3)} | {_fmt(r.get('accuracy_before_prune'))} | {_fmt(after['accuracy'])} | "
+            f"{_fmt(run.get('test_accuracy'))} |"
+        )
+    return [*lines, "", "Chosen for export by validation top-1 among the methods that met the target; test "
+            "top-1 is reported, never used to choose. One seed.", ""]
 
 
 def _pruning_warnings(pr: Record) -> list[str]:

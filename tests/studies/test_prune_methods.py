@@ -1,0 +1,74 @@
+"""The study's prune stage: several methods on the winner at equal epochs, each resumable, one exported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+import dscnn
+from studies import stages
+from studies.plan import StudyError, load_plan
+from studies.study_report import _methods_section
+from tests.pruning.tiny import tiny_overrides
+
+SEARCH = ('[search]\ndevice = "cpu"\ntrain_per_class = 4\nval_per_class = 2\nbatch_size = 20\nthreads = 1\n'
+          "no_baselines = true\n")
+
+
+def _plan(tmp_path: Path, prune: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(f'out = "{tmp_path / "run"}"\n{SEARCH}[prune]\n{prune}')
+    return path
+
+
+def test_methods_and_their_own_tables_are_parsed(tmp_path: Path) -> None:
+    plan = load_plan(_plan(tmp_path, 'methods = ["resrep", "magnitude"]\ntarget_latency = "0.6x"\nepochs = 3\n'
+                                      "finetune_epochs = 2\n[prune.resrep]\nlasso = 1e-4\n"))
+    assert plan.methods == ("resrep", "magnitude") and plan.target_latency == "0.6x" and plan.target_flops == ""
+    assert plan.options_of("resrep") == {"lasso": 1e-4} and plan.options_of("magnitude") == {}
+    single = load_plan(_plan(tmp_path, 'method = "csgd"\nepochs = 1\nsteps = 2\n'))
+    assert single.methods == ("csgd",) and single.options_of("csgd") == {"steps": 2}  # flat knobs: one method
+
+
+@pytest.mark.parametrize(
+    "prune, message",
+    [
+        ('method = "resrep"\nmethods = ["csgd"]\n', "method or methods"),
+        ('methods = ["resrep", "resrep"]\n', "each method once"),
+        ('methods = ["resrep", "pruneall"]\n', "method 'pruneall'"),
+        ('target_latency = "0.6x"\ntarget_flops = "0.5x"\n', "not both"),
+        ('target_latency = "0ms"\n', "target_latency"),
+        ('methods = ["resrep", "csgd"]\nlasso = 1e-4\n', "its own table"),
+    ],
+)
+def test_bad_prune_tables_fail_before_anything_runs(tmp_path: Path, prune: str, message: str) -> None:
+    with pytest.raises(StudyError, match=message):
+        load_plan(_plan(tmp_path, prune))
+
+
+def test_every_method_runs_at_equal_epochs_resumes_and_the_best_on_validation_is_exported(tmp_path: Path) -> None:
+    winner = tmp_path / "winner.pt"
+    dscnn.save_checkpoint(winner, dscnn.create_model("dscnn_t0", **tiny_overrides("dscnn_t0")))
+    plan = load_plan(_plan(tmp_path, 'methods = ["resrep", "magnitude"]\ntarget_flops = "0.6x"\nepochs = 1\n'
+                                      "finetune_epochs = 0\n[prune.resrep]\nmask_interval = 1\nwarmup_epochs = 0\n"))
+    records = {"retrain": {"checkpoint": str(winner)}}
+    console = Console(quiet=True)
+    record = stages.prune(plan, records, console)
+    runs = record["methods"]
+    assert set(runs) == {"resrep", "magnitude"} and all(r["met_target"] for r in runs.values())
+    assert runs["resrep"]["epochs"] == {"regularized": 1, "finetune": 0}
+    assert runs["magnitude"]["epochs"] == {"regularized": 0, "finetune": 1}  # the same total
+    for run in runs.values():
+        assert run["report"]["after"]["macs"] <= 0.6 * run["report"]["before"]["macs"]
+        assert Path(run["checkpoint"]).is_file()
+    best = max(runs, key=lambda m: runs[m]["report"]["after"]["accuracy"])
+    assert record["chosen"] == best and record["checkpoint"] == runs[best]["checkpoint"]
+    stamps = {m: (plan.stage_dir("prune") / m / "record.json").stat().st_mtime_ns for m in runs}
+    stored = json.loads(json.dumps(runs, default=str))
+    assert stages.prune(plan, records, console)["methods"] == stored  # resumed from the stored records
+    assert stamps == {m: (plan.stage_dir("prune") / m / "record.json").stat().st_mtime_ns for m in runs}
+    table = "\n".join(_methods_section(record))
+    assert f"| {best} (exported) |" in table and "| magnitude" in table and "0 + 1" in table
