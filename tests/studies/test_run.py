@@ -85,3 +85,23 @@ def test_overrides_are_checked_like_the_file(tmp_path: Path, capsys: pytest.Capt
                          ("prune.target_flops=0.3", "did you mean 0.3x"), ("a.b.c=1", "expected")):
         assert main([str(SHIPPED), "--set", bad]) == 2
         assert message in capsys.readouterr().err, bad
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_parses_and_checks(path: Path) -> None:
+    import tomllib
+
+    from searchspace import SearchConfig, read_study_table
+
+    if "search" not in tomllib.loads(path.read_text()):  # a search.py study file (flat keys)
+        assert SearchConfig.from_mapping(read_study_table(path), {}).trials >= 1
+        return
+    # a GPU study is checked as it would run on this CPU (its documented override), not skipped
+    overrides = ['search.device="cpu"', 'search.runtime="eager"'] if "cuda" in path.read_text() else []
+    if 'train_device = "cuda"' in path.read_text():
+        overrides.append('search.train_device="cpu"')
+    plan = load_plan(path, overrides)
+    config = plan.search_config()
+    assert config.trials >= 1 and plan.methods
+    if plan.stage2 is not None:  # a two-stage study reports on a test split that selection never sees
+        assert config.data.holdout_per_class > 0
