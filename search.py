@@ -20,6 +20,7 @@ from rich.console import Console
 
 from dscnn.checkpoint import CheckpointError
 from dscnn.data import DataError
+from dscnn.measure_cache import CacheUnusable
 from dscnn.runtimes import RuntimeUnavailable
 from searchspace import SETTINGS, RayConfig, SearchConfig, default_of, read_study_table, run_search
 from searchspace.identity import SearchError
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         result = run_search(config, console=console)
-    except (DataError, SearchError, CheckpointError, JournalDamaged, RuntimeUnavailable) as exc:
+    except (DataError, SearchError, CheckpointError, JournalDamaged, RuntimeUnavailable, CacheUnusable) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, however long the path
         return 2
     except SearchInterrupted as exc:

@@ -34,7 +34,7 @@ from dscnn.cost import DeployCost, cached_latency, measure_deploy_cost
 from dscnn.environment import environment
 from dscnn.external import create_bench_model, deploy_function, list_bench_models
 from dscnn.latency import LatencyResult, LatencySettings, require_device
-from dscnn.measure_cache import MeasureCache
+from dscnn.measure_cache import CacheUnusable, MeasureCache
 from dscnn.runtimes import RUNTIMES, available_runtimes, check_runtime
 
 CONVENTION = "FLOPs = fvcore multiply-accumulates of the deploy form at batch 1; FLOPS = FLOPs x images/s"
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default %(default)s)")
     p.add_argument("--no-train-form", action="store_true", help="skip timing the unfused model")
     p.add_argument("--cache", default=None, help="SQLite latency cache to read/write (default: none; "
-                   "with --recheck: $REPNAS_CACHE or ~/.cache/repnas/latency.sqlite)")
+                   "with --recheck: $REPNAS_CACHE/latency.sqlite or ~/.cache/repnas/latency.sqlite)")
     p.add_argument("--json", default=None, help="write the results and environment to this JSON file")
     g = p.add_argument_group("recheck (python -m dscnn.bench --recheck ...)")
     g.add_argument("--recheck", action="store_true", help="re-time cached entries (or --study's trials), report drift")
@@ -332,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return recheck_main(build_parser(), args)
     config, json_path = parse_args(argv)
-    results = run_bench(config, log=Console(stderr=True))
+    try:
+        results = run_bench(config, log=Console(stderr=True))
+    except CacheUnusable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = Console(width=None if sys.stdout.isatty() else 200)  # pipes: no squeezing
     out.print(render(config, results))
     if config.throughput_batches:

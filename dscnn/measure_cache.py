@@ -52,10 +52,18 @@ class CacheEntry:
     source: dict[str, Any] | None  # how to rebuild the graph; None = not recorded
 
 
+class CacheUnusable(OSError):
+    """The latency cache file cannot be opened or written (a folder, a read-only place, not SQLite)."""
+
+
 def default_cache_path() -> Path:
-    """``$REPNAS_CACHE`` if set, else ``~/.cache/repnas/latency.sqlite``."""
+    """``$REPNAS_CACHE/latency.sqlite`` if the variable is set (the folder of every repnas cache,
+    `dscnn.data.cache`), else ``~/.cache/repnas/latency.sqlite``."""
     env = os.environ.get("REPNAS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "repnas" / "latency.sqlite"
+    if env and env.endswith((".sqlite", ".db")):
+        raise CacheUnusable(f"REPNAS_CACHE={env!r} names a file; it is the folder of every repnas cache "
+                            "(latency.sqlite and datasets/ go inside it): give a folder, or --cache FILE")
+    return (Path(env) if env else Path.home() / ".cache" / "repnas") / "latency.sqlite"
 
 
 def architecture_key(model: nn.Module) -> str:
@@ -80,12 +88,16 @@ class MeasureCache:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.execute(_SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(latency)")}
-            if "source" not in columns:  # a cache file written before entries recorded their source
-                conn.execute("ALTER TABLE latency ADD COLUMN source TEXT")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as conn:
+                conn.execute(_SCHEMA)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(latency)")}
+                if "source" not in columns:  # a cache file written before entries recorded their source
+                    conn.execute("ALTER TABLE latency ADD COLUMN source TEXT")
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheUnusable(f"latency cache {str(self.path)!r} is not usable ({exc}): give another --cache "
+                                "file or REPNAS_CACHE folder") from None
 
     def _connect(self) -> closing[sqlite3.Connection]:
         # One short-lived connection per call: safe across fork and across processes; the timeout

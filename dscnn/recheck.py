@@ -27,7 +27,7 @@ from rich.table import Table
 from dscnn.complexity import deploy_copy
 from dscnn.environment import environment, hardware_id
 from dscnn.latency import NOISE_TOLERANCE, LatencyResult, LatencySettings, measure_latency_ms
-from dscnn.measure_cache import CacheEntry, MeasureCache, architecture_key, default_cache_path
+from dscnn.measure_cache import CacheEntry, CacheUnusable, MeasureCache, architecture_key, default_cache_path
 
 DRIFT_TOLERANCE = NOISE_TOLERANCE  # the same 20% that makes repeats noisy
 
@@ -212,7 +212,7 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
                 parser.error(f"--cache {str(path)!r}: no such file")
             rows = recheck_cache(MeasureCache(path), a.limit, a.update, log)
             title = f"recheck of {path}"
-    except (KeyError, ValueError) as exc:  # unknown study, missing definition, unavailable runtime
+    except (KeyError, ValueError, CacheUnusable) as exc:  # unknown study, missing definition, unavailable runtime
         parser.error(str(exc).strip("'\""))
     Console(width=None if sys.stdout.isatty() else 200).print(render(rows, title))
     timed = [r for r in rows if r.new is not None]

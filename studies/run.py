@@ -27,6 +27,7 @@ from rich.console import Console
 
 from dscnn.checkpoint import CheckpointError
 from dscnn.data import DataError
+from dscnn.measure_cache import CacheUnusable
 from searchspace.identity import SearchError
 from searchspace.storage import JournalDamaged
 from studies import stages
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = load_plan(args.study, args.overrides)
         records = run_study(plan, console=console, stop_after=args.stop_after)
-    except (StudyError, DataError, CheckpointError, SearchError, JournalDamaged) as exc:  # the input, not a bug
+    except (StudyError, DataError, CheckpointError, SearchError, JournalDamaged, CacheUnusable) as exc:  # the input, not a bug
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if "report" in records:

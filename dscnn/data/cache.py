@@ -21,8 +21,14 @@ _ARRAYS = ("train_images", "train_labels", "val_images", "val_labels", "class_na
 
 
 def cache_dir(explicit: str | None = None) -> Path:
-    """``explicit`` > ``$REPNAS_CACHE`` > ``~/.cache/repnas/datasets``."""
-    return Path(explicit or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "repnas" / "datasets")
+    """``explicit`` > ``$REPNAS_CACHE/datasets`` > ``~/.cache/repnas/datasets``.
+
+    ``$REPNAS_CACHE`` is the folder of every repnas cache (decoded data sets here, the latency
+    cache ``latency.sqlite`` in `dscnn.measure_cache`), so one variable moves them all."""
+    if explicit:
+        return Path(explicit)
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else Path.home() / ".cache" / "repnas") / "datasets"
 
 
 def cache_path(folder: Path, dataset: str, **key_parts: Any) -> Path:

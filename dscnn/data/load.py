@@ -58,7 +58,7 @@ class DataConfig:
     test_per_class: int = 0  # class-balanced subset of the test split (holdout_per_class > 0); 0 = all
     seed: int = 0  # seed of the subset choice
     resolution: int = 0  # 0 = native size; else resize (shorter side) + centre-crop once, at load
-    cache_dir: str | None = None  # None = $REPNAS_CACHE or ~/.cache/repnas/datasets
+    cache_dir: str | None = None  # None = $REPNAS_CACHE/datasets or ~/.cache/repnas/datasets
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:

@@ -179,11 +179,25 @@ def test_architecture_key_tracks_structure_not_weights() -> None:
 
 
 def test_cache_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("REPNAS_CACHE", str(tmp_path / "x" / "lat.sqlite"))
-    assert default_cache_path() == tmp_path / "x" / "lat.sqlite"
+    monkeypatch.setenv("REPNAS_CACHE", str(tmp_path / "x"))  # the folder of every cache, data sets too
+    assert default_cache_path() == tmp_path / "x" / "latency.sqlite"
     assert MeasureCache().path.parent.is_dir()
+    from dscnn.data.cache import cache_dir
+
+    assert cache_dir() == tmp_path / "x" / "datasets"  # one variable, no collision between the two
     monkeypatch.delenv("REPNAS_CACHE")
     assert default_cache_path().name == "latency.sqlite" and ".cache" in default_cache_path().parts
+
+
+def test_an_unusable_cache_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dscnn.measure_cache import CacheUnusable
+
+    monkeypatch.setenv("REPNAS_CACHE", str(tmp_path / "old.sqlite"))  # the variable's meaning before it was a folder
+    with pytest.raises(CacheUnusable, match="names a file"):
+        default_cache_path()
+    (tmp_path / "folder.sqlite").mkdir()
+    with pytest.raises(CacheUnusable, match="is not usable"):
+        MeasureCache(tmp_path / "folder.sqlite")
 
 
 def test_deploy_cost_record_is_plain_data() -> None:

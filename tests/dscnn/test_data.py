@@ -155,7 +155,7 @@ def test_second_load_comes_from_cache_and_edits_invalidate_it(tmp_path: Path, mo
     root = _cifar_tree(tmp_path / "c")
     config = DataConfig("cifar10", data_dir=str(root))
     first = load_dataset(config)
-    assert len(list((tmp_path / "cache").glob("cifar10-*.npz"))) == 1
+    assert len(list((tmp_path / "cache" / "datasets").glob("cifar10-*.npz"))) == 1
 
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again despite the cache")
