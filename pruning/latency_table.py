@@ -22,7 +22,8 @@ interface, so the algorithms' own selection (ResRep's global ranking under the b
 uniform ratio bisection) picks the widths with predicted latency as the cost: the least important
 channels go first until the prediction meets the budget, which is the greedy knapsack. Widths are
 then snapped (`snap_width`) by measurement: a width that is not a multiple of 8 or 4 is raised to
-the next one when the whole model runs no slower there (within `SNAP_TOLERANCE`).
+the next one when the whole model runs no slower there (within `SNAP_TOLERANCE`), and only while the
+prediction of the whole model still meets the target (`within`).
 """
 
 from __future__ import annotations
@@ -337,11 +338,27 @@ class LatencyState(CostState):
 
 
 def snap_widths(model: nn.Module, groups: Iterable[ChannelGroup], widths: Mapping[str, int], example: Tensor,
-                measure: Measure) -> dict[str, int]:
-    """`snap_width` for every group below its full size."""
+                measure: Measure, fits: Callable[[Mapping[str, int]], bool] | None = None) -> dict[str, int]:
+    """`snap_width` for every group below its full size; with ``fits``, a snap is kept only while ``fits(widths)``.
+
+    ``fits`` is the target check on the predicted cost: a snap measured no slower alone must not lift the
+    prediction of the whole model above the budget (it did, by 2-19% on resnet20 at 0.6x, before this check).
+    """
     snapped = dict(widths)
     for group in groups:
         width = widths.get(group.root, group.size)
         if width < group.size:
-            snapped[group.root] = snap_width(model, group, width, example, measure)
+            up = snap_width(model, group, width, example, measure)
+            if up != width and fits is not None and not fits({**snapped, group.root: up}):
+                continue
+            snapped[group.root] = up
     return snapped
+
+
+def within(cost: CostModel, budget: float) -> Callable[[Mapping[str, int]], bool]:
+    """``fits`` for `snap_widths`: the cost of the widths (per group root) is at most ``budget``."""
+
+    def fits(widths: Mapping[str, int]) -> bool:
+        return cost.macs({r: range(w, cost.groups[r].size) for r, w in widths.items() if r in cost.groups}) <= budget
+
+    return fits

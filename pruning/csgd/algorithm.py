@@ -56,7 +56,7 @@ from pruning.csgd.clusters import centripetal_gradient, group_spread, member_ids
 from pruning.csgd.kmeans import kmeans
 from pruning.csgd.widths import ratio_widths, read_ratios, uniform_widths, widths_macs
 from pruning.groups import ChannelGroup, Member, find_groups
-from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths
+from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths, within
 from pruning.macs import CostModel
 from pruning.retrain import RetrainBN
 from pruning.surgery import assert_same_outputs, relative_error, remove_channels
@@ -150,7 +150,8 @@ class CSGD:
                     f"FLOPs target {target_macs / 1e6:.4g}M"
                 )
         if self.latency_measure is not None:
-            snapped = snap_widths(model, self.groups, self.widths, example, self.latency_measure)
+            snapped = snap_widths(model, self.groups, self.widths, example, self.latency_measure,
+                                  within(cost, target_macs))
             self.facts["snapped_widths"] = {r: [self.widths[r], w] for r, w in snapped.items() if w != self.widths[r]}
             self.widths = snapped
         self.planned_macs = widths_macs(cost, self.widths)

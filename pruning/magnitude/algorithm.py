@@ -8,7 +8,8 @@ Torch-Pruning's group importance, behind the same driver, targets and report as 
 2. Each group gets a target width: one uniform keep ratio, the largest whose cost meets the target
    (`pruning.csgd.widths.uniform_widths`, as Torch-Pruning's ``MagnitudePruner`` prunes every layer by
    one ratio). With a latency target the cost is the latency table's prediction
-   (`pruning.latency_table.LatencyCost`) and the widths are snapped by measurement, as for C-SGD.
+   (`pruning.latency_table.LatencyCost`) and the widths are snapped by measurement, as for C-SGD (a
+   snap is kept only while the prediction still meets the target).
 3. There is no regularised training (``regularized = False``: the driver skips it). ``prune`` scores
    every channel of a group with Torch-Pruning's ``GroupMagnitudeImportance(p=1)`` (the L1 norms of
    every weight slice the channel touches, producers and consumers, averaged over the group), keeps
@@ -33,7 +34,7 @@ from dscnn.train import TrainConfig
 from pruning.algorithm import PruningError
 from pruning.csgd.widths import uniform_widths, widths_macs
 from pruning.groups import ChannelGroup, dependency_graph, find_groups
-from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths
+from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths, within
 from pruning.macs import CostModel
 from pruning.surgery import remove_channels
 
@@ -82,7 +83,8 @@ class Magnitude:
                                "latency with every prunable layer at one channel")
         self.keep_ratio, self.widths = uniform_widths(self.groups, cost, target_macs)
         if self.latency_measure is not None:
-            snapped = snap_widths(model, self.groups, self.widths, example, self.latency_measure)
+            snapped = snap_widths(model, self.groups, self.widths, example, self.latency_measure,
+                                  within(cost, target_macs))
             self.facts["snapped_widths"] = {r: [self.widths[r], w] for r, w in snapped.items() if w != self.widths[r]}
             self.widths = snapped
         self.planned_macs = widths_macs(cost, self.widths)

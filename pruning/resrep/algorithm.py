@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from dscnn.train import TrainConfig
 from pruning.algorithm import PruningError
 from pruning.groups import ChannelGroup, Member, find_groups
-from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths
+from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths, within
 from pruning.macs import CostModel
 from pruning.resrep.compactor import CompactedConv, zero_masked_rows
 from pruning.resrep.constants import fold_constants, plan_constants, zero_depthwise_biases
@@ -311,7 +311,8 @@ class ResRep:
             for site in sites:
                 plain.set_submodule(site.member.module, copy.deepcopy(site.wrapper).fold())
         widths = {r: int((~m).sum()) for r, m in self.masked.items()}
-        snapped = snap_widths(plain, self.groups, widths, self._prepared()[1], self.latency_measure)
+        snapped = snap_widths(plain, self.groups, widths, self._prepared()[1], self.latency_measure,
+                              within(self._prepared()[0], self.target_macs))
         importance = self.importance()
         masked = {r: m.clone() for r, m in self.masked.items()}
         for root, width in snapped.items():

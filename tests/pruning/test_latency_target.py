@@ -190,3 +190,17 @@ def test_snapping_takes_the_next_multiple_only_when_it_measures_no_slower(penalt
         return 1.0 + (penalty if width % 4 == 0 else 0.0)
 
     assert snap_width(model, group, 13, example, fake) == expected
+
+
+def test_a_snap_that_lifts_the_prediction_above_the_target_is_not_taken() -> None:
+    from pruning.latency_table import snap_widths
+
+    model = Small().eval()
+    example = torch.zeros(1, 3, 24, 24)
+    groups = find_groups(model, example).groups
+    stem = next(g for g in groups if g.root == "stem")
+    widths = {g.root: g.size for g in groups} | {"stem": 13}
+    free = snap_widths(model, [stem], widths, example, lambda m: 1.0)  # every width measures the same
+    assert free["stem"] == 16
+    kept = snap_widths(model, [stem], widths, example, lambda m: 1.0, fits=lambda w: w["stem"] <= 13)
+    assert kept["stem"] == 13 and kept == widths
