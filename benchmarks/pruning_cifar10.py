@@ -303,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(args.device, args.threads), "load_average_start": load_start,
         "convention": "FLOPs = fvcore MACs of the deploy form, batch 1",
     }
+    if rows:  # --resume: the earlier runs' commands (and any rows set aside) stay in the record
+        earlier = json.loads(out.read_text())
+        record["earlier_commands"] = [*earlier.get("earlier_commands", []), earlier.get("command")]
+        record |= {k: earlier[k] for k in ("superseded",) if k in earlier}
 
     def save() -> None:
         record.update(rows=rows, minutes=round((time.perf_counter() - start) / 60, 1), load_average_end=load_now())
