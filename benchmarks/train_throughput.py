@@ -14,6 +14,10 @@ each form per round, in turn, so machine drift hits all of them alike; median ov
 - ``plain``: the deploy form's plain twin (`benchmarks/plain_twin.py`) trained directly, same
   memory format: the physical limit for a step of this network.
 
+Each row records the machine load over its timed rounds (`dscnn.machine_load`: other processes'
+share of the machine and the timing thread's CPU share; ``busy`` marks a row not to trust) and
+the 1-minute load average; the JSON is rewritten after every row.
+
 Memory is the activation memory saved for backward in one step (the tensors autograd keeps, each
 storage counted once), a device-independent proxy for training memory.
 
@@ -43,6 +47,7 @@ from dscnn import create_model, deploy_copy
 from dscnn.blocks.fast_branch import branch_impl
 from dscnn.environment import environment
 from dscnn.latency import pin_malloc
+from dscnn.machine_load import default_probe, describe, is_busy
 from dscnn.memory_format import choose_memory_format
 from dscnn.online import to_online
 
@@ -101,10 +106,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(name: str, resolution: int, batch: int, threads: int, rounds: int, device: str = "cpu") -> dict[str, Any]:
+def measure(
+    name: str, resolution: int, batch: int, threads: int, rounds: int, device: str = "cpu", memory_format: str = "auto",
+) -> dict[str, Any]:
     """One row: images/s and saved-activation MB of every form, measured in alternation."""
     torch.set_num_threads(threads)
-    choice = choose_memory_format(device)
+    choice = choose_memory_format(device, memory_format)
     fmt = choice.memory_format
     forms = _forms(name, resolution, fmt, device)
     labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(0)).to(device)
@@ -116,6 +123,7 @@ def measure(name: str, resolution: int, batch: int, threads: int, rounds: int, d
         steps[key] = _stepper(model, impl, x, labels)
         steps[key]()  # warm-up (allocator, oneDNN primitives)
     times: dict[str, list[float]] = {k: [] for k in forms}
+    window = default_probe(threads)
     for _ in range(rounds):
         for key, step in steps.items():
             _sync(device)
@@ -123,8 +131,12 @@ def measure(name: str, resolution: int, batch: int, threads: int, rounds: int, d
             step()
             _sync(device)
             times[key].append(time.perf_counter() - t0)
+    reading = window.stop()
     ips = {k: batch / statistics.median(v) for k, v in times.items()}
     return {
+        "machine_load": {"load": reading.load, "cpu_share": reading.cpu_share, "window_s": reading.window_s,
+                         "busy": is_busy(reading, device), "describe": describe(reading)},
+        "load_average": os.getloadavg(),
         "model": name, "resolution": resolution, "batch": batch, "threads": threads, "device": device,
         "memory_format": choice.name, "memory_format_probe": choice.to_dict(), "images_per_s": ips, "saved_activation_mb": memory,
         "step_s": times,
@@ -158,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="timed steps per form (median)")
     p.add_argument("--quick", action="store_true", help="dscnn_t0 and resnet20, 32 px, batch 64, 1 thread, 3 rounds")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--memory-format", default="auto", choices=("auto", "channels_last", "contiguous"),
+                   help="format of every form but 'reference' (auto = dscnn.memory_format's probe, which a busy "
+                        "machine can mislead)")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
     if a.quick:
@@ -166,18 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     grid = [(m, int(r), int(b), int(t)) for t in a.threads.split(",") for m in a.models.split(",")
             for r in a.resolutions.split(",") for b in a.batches.split(",")]
     load_before = os.getloadavg()
-    rows = []
-    for m, r, b, t in grid:
-        rows.append(measure(m, r, b, t, a.rounds, a.device))
-        print(_table(rows[-1:]).splitlines()[-1], flush=True)
-    print(_table(rows))
+    rows: list[dict[str, Any]] = []
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    doc = {"command": command, "rounds": a.rounds,
-           "load_average_before": load_before, "load_average_after": os.getloadavg(),
-           "environment": environment(a.device, int(a.threads.split(",")[0])), "results": rows}
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    env = environment(a.device, int(a.threads.split(",")[0]))
+    for m, r, b, t in grid:
+        rows.append(measure(m, r, b, t, a.rounds, a.device, a.memory_format))
+        print(_table(rows[-1:]).splitlines()[-1], f"(load: {rows[-1]['machine_load']['describe']})", flush=True)
+        # written after every row, so a run stopped by a timeout keeps what it measured
+        doc = {"command": command, "rounds": a.rounds, "complete": len(rows) == len(grid),
+               "load_average_before": load_before, "load_average_after": os.getloadavg(),
+               "environment": env, "results": rows}
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(_table(rows))
     return 0
 
 

@@ -4,12 +4,13 @@
 on CPU (measured here: a DW 3x3 forward ~6x, a whole dscnn_t0 train step ~2x), but whether it wins
 depends on the device, the library build and the precision, so it is measured, not assumed: one
 training step of a small MetaLight-like stack (1x1 conv-BN-ReLU, DW 3x3 conv-BN-ReLU, 1x1 conv-BN)
-in both formats, best of a few runs each, once per (device, threads) per process. Results are
+in both formats, alternated, best of a few runs each, once per (device, threads) per process. Results are
 identical in both formats (the same maths; only the layout of the activations differs).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from dataclasses import asdict, dataclass
@@ -45,18 +46,18 @@ def _probe_net(channels: int) -> nn.Sequential:
     )
 
 
-def _step_ms(net: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    best = float("inf")
-    for i in range(repeats + 1):
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        t0 = time.perf_counter()
-        net(x).square().mean().backward()
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        if i:  # the first run warms up
-            best = min(best, (time.perf_counter() - t0) * 1e3)
-    return best
+def _step_ms(net: nn.Module, x: torch.Tensor) -> float:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    t0 = time.perf_counter()
+    net(x).square().mean().backward()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+#: Timed steps per format, alternated (ABBA...) so that load from other processes hits both alike.
+PROBE_REPEATS = 6
 
 
 @functools.cache
@@ -64,12 +65,18 @@ def _measured(device: str, threads: int) -> FormatChoice:
     torch.manual_seed(0)
     dev = torch.device(device)
     batch, channels, size = (32, 32, 16) if dev.type == "cpu" else (128, 64, 32)
-    net = _probe_net(channels).to(dev).train()
+    base = _probe_net(channels).to(dev).train()
     x = torch.randn(batch, channels, size, size, device=dev)
-    times = {}
-    for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        net = net.to(memory_format=fmt)
-        times[name] = _step_ms(net, x.contiguous(memory_format=fmt), repeats=3)
+    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    nets = {name: copy.deepcopy(base).to(memory_format=fmt) for name, fmt in formats.items()}
+    inputs = {name: x.contiguous(memory_format=fmt) for name, fmt in formats.items()}
+    times: dict[str, float] = {name: float("inf") for name in formats}
+    for name in formats:  # warm-up
+        _step_ms(nets[name], inputs[name])
+    for i in range(PROBE_REPEATS):
+        order = list(formats) if i % 2 == 0 else list(reversed(formats))
+        for name in order:
+            times[name] = min(times[name], _step_ms(nets[name], inputs[name]))
     best = min(times, key=times.__getitem__)
     return FormatChoice(best, times["channels_last"], times["contiguous"])
 

@@ -84,13 +84,12 @@ class _FastPointwiseSum(torch.autograd.Function):
     ) -> Tensor:
         n = x.shape[0] * x.shape[2] * x.shape[3]
         k_in = x.shape[1] // groups
-        weights = [eye if w is None else w for w in params[0::3]]
+        weights = cast(list[Tensor], [eye if w is None else w for w in params[0::3]])
         gammas, betas = cast(list[Tensor], list(params[1::3])), cast(list[Tensor], list(params[2::3]))
         s = channel_sums(x)
         gram = _blocks(_grouped_gram(x, x, groups, k_in), groups)  # (G, k_in, k_in), symmetric
         means, variances, ts = [], [], []
         for w, gamma, e in zip(weights, gammas, eps):
-            assert w is not None
             wb = _blocks(w, groups)
             mu = torch.bmm(wb, _per_group(s, groups)).reshape(-1) / n
             ez2 = (torch.bmm(wb, gram) * wb).sum(-1).reshape(-1) / n
@@ -98,7 +97,7 @@ class _FastPointwiseSum(torch.autograd.Function):
             means.append(mu)
             variances.append(var)
             ts.append(gamma * torch.rsqrt(var + e))
-        w_eff = sum(w * t.view(-1, 1, 1, 1) for w, t in zip(weights, ts))  # type: ignore[misc]
+        w_eff = sum(w * t.view(-1, 1, 1, 1) for w, t in zip(weights, ts))
         b_eff = sum(beta - t * mu for beta, t, mu in zip(betas, ts, means))
         assert isinstance(w_eff, Tensor) and isinstance(b_eff, Tensor)
         y = F.conv2d(x, w_eff, b_eff, groups=groups)

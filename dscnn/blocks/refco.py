@@ -33,7 +33,8 @@ interpretation:
 - The shuffle is an ``index_select`` with a fixed permutation buffer: one gather of ``C_in/R``
   planes, exported as one ONNX Gather, which pruning's coupling analysis recognises (and skips).
   On a channels_last activation (training on CPU) the same permutation runs as
-  ``torch.channel_shuffle`` (groups = windows), which keeps the layout.
+  ``torch.channel_shuffle`` (groups = windows), which keeps the layout; a torch.fx trace always
+  records the index_select.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from fractions import Fraction
 
 import torch
 from torch import Tensor
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from dscnn.blocks.branch_conv import BranchConv
 from dscnn.reparam import Reparameterizable
@@ -125,7 +127,7 @@ class RefCO(Reparameterizable):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.first(x)
-        if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+        if not is_fx_symbolic_tracing() and h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
             # The same permutation as a native channel shuffle, which keeps channels_last (index_select
             # on dim 1 returns NCHW, and the next grouped conv in mixed formats is several times slower:
             # 48 vs 8 ms at 16->64, 4 groups) and is ~10x faster than a gather on the NHWC view.
