@@ -91,17 +91,57 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     """Every [prune] method on the winner, at equal epochs (a method without regularised training
     fine-tunes for the regularised epochs too), each resumable on its own; the one exported is the
     most accurate on validation among those that met the target."""
-    runs = {m: _prune_one(plan, m, records["retrain"]["checkpoint"], console) for m in plan.methods}
+    checkpoint = records["retrain"]["checkpoint"]
+    target_latency = _shared_latency_target(plan, checkpoint, console)
+    runs = {m: _prune_one(plan, m, checkpoint, target_latency, console) for m in plan.methods}
     finished = {m: r for m, r in runs.items() if "report" in r and r["met_target"]}
     if not finished:
         raise StudyError("no pruning method reached the target: "
                          + "; ".join(f"{m}: {r.get('error', 'target missed')}" for m, r in runs.items()))
     chosen = max(finished, key=lambda m: finished[m]["report"]["after"]["accuracy"] or 0.0)
     return {"checkpoint": finished[chosen]["checkpoint"], "report": finished[chosen]["report"], "chosen": chosen,
-            "methods": runs}
+            "methods": runs, "target_latency": target_latency}
 
 
-def _prune_one(plan: StudyPlan, method: str, checkpoint: str, console: Console) -> Record:
+def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console) -> str | None:
+    """A fractional latency target ("0.6x") turned into milliseconds ONCE, from one measurement of the
+    winner, so every method is held to the same number (each run measuring its own baseline would give
+    each method another target on a machine whose load changes); stored, so a resumed stage keeps it."""
+    if plan.target_latency is None:
+        return None
+    from pruning.targets import parse_latency_target
+
+    target = parse_latency_target(plan.target_latency)
+    if target.ms is not None:
+        return plan.target_latency
+    stored = plan.stage_dir("prune") / "latency_target.json"
+    if stored.is_file():
+        return str(json.loads(stored.read_text())["target_latency"])
+    from dscnn.latency import measure_latency_ms
+    from searchspace.device_lock import DeviceLock
+
+    config = plan.search_config()
+    model, _ = dscnn.load_checkpoint(checkpoint)
+    deploy = dscnn.reparameterize_model(model).eval()
+    resolution = config.data.resolution or int(getattr(model.config, "resolution", 0)) or config.latency.resolution
+    settings = config.latency.replace(resolution=resolution)
+    with DeviceLock(config.device_lock, device=settings.device).measuring():
+        measured = measure_latency_ms(deploy, settings)
+    target_ms = target.resolve(measured.median_ms)
+    if measured.busy:
+        console.log(f"[yellow]warning:[/yellow] the winner's latency {measured.median_ms:.3f} ms, which the "
+                    f"{plan.target_latency} target is taken of, was measured on a busy machine")
+    text = f"{target_ms:.6g}ms"
+    plan.stage_dir("prune").mkdir(parents=True, exist_ok=True)
+    stored.write_text(json.dumps({"target_latency": text, "fraction": target.fraction,
+                                  "winner": measured.to_dict()}, indent=2, default=str))
+    console.log(f"prune: latency target {plan.target_latency} of the winner's {measured.median_ms:.3f} ms = {text} "
+                "for every method")
+    return text
+
+
+def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: str | None,
+               console: Console) -> Record:
     from pruning.algorithm import PruningError, TargetMissed
     from pruning.run import RunConfig, run_pruning
 
@@ -120,12 +160,12 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, console: Console) 
         device=config.train.device, seed=config.train.seed,
     )
     run = RunConfig(
-        target=plan.target_flops if plan.target_latency is None else "", target_latency=plan.target_latency,
+        target=plan.target_flops if target_latency is None else "", target_latency=target_latency,
         data=config.data, train=train, finetune_epochs=finetune, out=str(folder / "pruned.pt"),
         latency_threads=config.latency.threads, latency_runtime=config.latency.runtime,
         device_lock=config.device_lock,
     )
-    console.log(f"prune: {method} to {plan.target_latency or plan.target_flops} "
+    console.log(f"prune: {method} to {target_latency or plan.target_flops} "
                 f"({plan.prune_epochs + plan.finetune_epochs} epochs in all)")
     try:
         model, report = run_pruning(algorithm, run, checkpoint=checkpoint, console=console)
@@ -133,7 +173,7 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, console: Console) 
         record: Record = {"method": method, "error": str(exc), "met_target": False}
     else:
         report.print(console)
-        met = (report.latency or {}).get("met", True) if plan.target_latency is not None else True
+        met = (report.latency or {}).get("met", True) if target_latency is not None else True
         record = {"method": method, "checkpoint": report.output, "report": report.to_dict(), "met_target": bool(met),
                   "test_accuracy": _test_accuracy(model, config), "epochs": {"regularized": plan.prune_epochs
                                                                              if regularized else 0,

@@ -72,3 +72,25 @@ def test_every_method_runs_at_equal_epochs_resumes_and_the_best_on_validation_is
     assert stamps == {m: (plan.stage_dir("prune") / m / "record.json").stat().st_mtime_ns for m in runs}
     table = "\n".join(_methods_section(record))
     assert f"| {best} (exported) |" in table and "| magnitude" in table and "0 + 1" in table
+
+
+def test_a_fractional_latency_target_is_resolved_once_for_every_method(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    winner = tmp_path / "winner.pt"
+    dscnn.save_checkpoint(winner, dscnn.create_model("dscnn_t0", **tiny_overrides("dscnn_t0")))
+    path = _plan(tmp_path, 'methods = ["csgd", "magnitude"]\ntarget_latency = "0.6x"\n')
+    plan = load_plan(path)
+    console = Console(quiet=True)
+    first = stages._shared_latency_target(plan, str(winner), console)
+    stored = json.loads((plan.stage_dir("prune") / "latency_target.json").read_text())
+    assert first == stored["target_latency"] and first.endswith("ms")
+    assert float(first[:-2]) == pytest.approx(0.6 * stored["winner"]["median_ms"], rel=1e-5)
+    from dscnn import latency
+
+    def no_measuring(*args: object, **kwargs: object) -> None:
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(latency, "measure_latency_ms", no_measuring)
+    assert stages._shared_latency_target(plan, str(winner), console) == first  # a resumed stage keeps its target
+    absolute = load_plan(_plan(tmp_path, 'method = "csgd"\ntarget_latency = "3ms"\n'))
+    assert stages._shared_latency_target(absolute, str(winner), console) == "3ms"
