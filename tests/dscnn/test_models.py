@@ -18,7 +18,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     *(("dscnn_t0", {"repmix_placement": p, "repmix_layout": lay})
       for p in ("stem", "blocks", "hidden") for lay in ("split", "parallel") if (p, lay) != ("stem", "split")),
     ("dscnn_t0", {"stem_stride": 4}), ("dscnn_t0", {"stem_stride": 2}), ("dscnn_t0", {"stem_stride": 4, "stem_kernel": 0}),
-    ("falconnet", {"refco_reduction": 4, "refco_kernel": 8}),
+    ("falconnet", {"refco_reduction": 4, "refco_kernel": 8}), ("falconnet", {"channel_op": "dense"}),
 ]
 CASES = [pytest.param(name, {}, id=name) for name in ALL_MODELS] + [
     pytest.param(name, overrides, id=f"{name}[{','.join(f'{k}={v}' for k, v in overrides.items())}]")
