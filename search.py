@@ -80,9 +80,29 @@ def next_steps(config: SearchConfig, has_best: bool) -> str:
     out = config.out_dir
     lines = ["next:", f"  optuna-dashboard {config.storage}    # every trial: latency, MACs, params, learning curve"]
     if has_best:
-        lines += [f"  python -m pruning.resrep {out / 'best.pt'} --target-latency 0.6x    # prune the winner",
+        lines += [f"  python -m pruning.resrep {out / 'best.pt'} --target-latency 0.6x{_pruning_flags(config)}"
+                  "    # prune the winner",
                   f"  python -m dscnn.export {out / 'best_deploy.pt'} --onnx {out / 'best.onnx'}    # export + check"]
+    if has_best and config.data.holdout_per_class:
+        lines.append("  (pruning validates on the data set's held-out split, which this search kept as its test split: "
+                     "report test accuracy from a study, python -m studies.run, not from that run)")
     return "\n".join(lines)
+
+
+def _pruning_flags(config: SearchConfig) -> str:
+    """The search's data, device and latency settings as pruning flags, so the next step trains on the same data."""
+    data, flags = config.data, []
+    if data.name != "embedded":
+        flags += [f"--dataset {data.name}"] + ([f"--data-dir {data.data_dir}"] if data.data_dir else [])
+    if data.train_per_class:
+        flags.append(f"--train-per-class {data.train_per_class}")
+    if data.val_per_class:
+        flags.append(f"--val-per-class {data.val_per_class}")
+    if config.train.device != "cpu":
+        flags.append(f"--device {config.train.device}")
+    if config.latency.runtime != "eager":
+        flags.append(f"--runtime {config.latency.runtime}")
+    return "".join(f" {f}" for f in flags)
 
 
 if __name__ == "__main__":

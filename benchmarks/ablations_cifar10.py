@@ -21,8 +21,8 @@ to choose). A seed changes the model's initialisation, the data order and the au
 
 Verdict per claim (`verdict`): the gap between the claimed row and its strongest competitor (for
 "worst": its weakest) is *within noise* when its size is below the noise, the larger of the two
-rows' seed spreads (half the range over seeds) and the binomial standard error
-sqrt(p (1 - p) / n_test) of one accuracy on the test subset; otherwise *confirmed* or *refuted*
+rows' seed spreads (half the range over seeds) and the binomial standard error of the difference of
+two accuracies, sqrt(2 p (1 - p) / n_test), on the test subset; otherwise *confirmed* or *refuted*
 by its sign. The JSON (``--out``) is rewritten after every finished run; a rerun skips the runs
 already there with the same settings, so an interrupted run continues where it stopped.
 
@@ -138,7 +138,8 @@ def judge(claim: Claim, accuracies: Mapping[str, Sequence[float]], n_test: int) 
         gap = means[rival] - means[claim.target]
     else:
         raise ValueError(f"unknown claim kind {claim.kind!r}")
-    se = binomial_se((means[claim.target] + means[rival]) / 2, n_test)
+    # the standard error of a DIFFERENCE of two accuracies on the same test subset size
+    se = math.sqrt(2) * binomial_se((means[claim.target] + means[rival]) / 2, n_test)
     seeds = max(spread(accuracies[claim.target]), spread(accuracies[rival]))
     noise = max(se, seeds)
     return {"claim": claim.text, "target": claim.target, "rival": rival, "gap": gap, "binomial_se": se,
@@ -313,8 +314,8 @@ def render(state: dict[str, Any], args: argparse.Namespace) -> str:
         "train params in brackets.  ",
         f"Wall time: {sum(r['seconds'] for r in state['runs'].values()) / 60:.0f} min of training and evaluation "
         f"over {len(state['runs'])} runs on a shared, busy 2-core machine (load averages per run in the JSON).  ",
-        f"Verdict rule: within noise when |gap| <= max(seed spread of the two rows, binomial SE "
-        f"sqrt(p(1-p)/{n_test})); else confirmed / refuted by the gap's sign.",
+        f"Verdict rule: within noise when |gap| <= max(seed spread of the two rows, binomial SE of the "
+        f"difference sqrt(2p(1-p)/{n_test})); else confirmed / refuted by the gap's sign.",
         "",
     ]
     for ablation in ABLATIONS:

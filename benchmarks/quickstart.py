@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 #: exactly what README's first set-up command runs after the install
-QUICKSTART = "search.py --budget-ms 10 --trials 6 --epochs 3 --timeout 150 --baselines resnet20,fasternet_t0_w0.5"
+QUICKSTART = "search.py --budget-ms 10 --trials 4 --epochs 4 --baselines resnet20,fasternet_t0_w0.5"
 GOAL_SECONDS = 300.0
 GOAL_ACCURACY = 0.45
 
@@ -51,7 +51,7 @@ def run_quickstart(python: str = sys.executable) -> dict[str, Any]:
     return {
         "command": f"python {QUICKSTART}", "seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss_mb),
         "load_average_before": load_before, "load_average_after": load_after,
-        "busy": max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1),
+        "busy": load_before[0] > 0.5,  # the run itself loads the machine; what was there before is what counts
         "trials": rows, "best_searched": best,
         "goals": {"seconds_le_300": seconds <= GOAL_SECONDS,
                   "best_searched_ge_45pct": bool(best and best["accuracy"] >= GOAL_ACCURACY)},

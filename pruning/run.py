@@ -66,6 +66,7 @@ class RunConfig:
     progress: bool = True  # progress bars while training
     target_latency: str | None = None  # instead of ``target``: "3ms" or "0.5x" of the measured latency
     latency_runtime: str = "eager"  # dscnn.runtimes name the latency table and the before/after timings run in
+    latency_device: str = "cpu"  # where they run: "cpu" or "cuda" (a GPU budget, e.g. runtime cudagraph)
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0:
@@ -108,7 +109,8 @@ def run_pruning(
     target_ms: float | None = None
     resolution = source.resolution or data.resolution
     train = config.train_config(resolution, config.train.epochs)
-    settings = LatencySettings(resolution=resolution, threads=config.latency_threads, runtime=config.latency_runtime)
+    settings = LatencySettings(device=config.latency_device, resolution=resolution, threads=config.latency_threads,
+                               runtime=config.latency_runtime)
 
     model = source.model
     before = _stats(model, data, train, resolution)
@@ -199,7 +201,8 @@ def _where_macs_went(cost: CostModel, widths: dict[str, int], top: int = 5) -> l
 
 def _check_runtime(config: RunConfig) -> None:
     try:
-        check_runtime(LatencySettings(threads=config.latency_threads, runtime=config.latency_runtime))
+        check_runtime(LatencySettings(device=config.latency_device, threads=config.latency_threads,
+                                      runtime=config.latency_runtime))
     except ValueError as exc:  # RuntimeUnavailable, or settings the runtime refuses
         raise PruningError(str(exc)) from None
 
@@ -208,7 +211,7 @@ def _device_lock(config: RunConfig) -> DeviceLock:
     from searchspace.device_lock import DeviceLock  # here: importing searchspace loads all of it (optuna)
 
     try:
-        return DeviceLock(config.device_lock)
+        return DeviceLock(config.device_lock, device=config.latency_device)
     except ValueError as exc:
         raise PruningError(str(exc)) from None
 

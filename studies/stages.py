@@ -103,10 +103,20 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
             "methods": runs, "target_latency": target_latency}
 
 
+def _latency_settings(config: Any, resolution: int) -> Any:
+    """The settings every pruning run of the study times with (`pruning.run` builds the same ones)."""
+    from dscnn.latency import LatencySettings
+
+    lat = config.latency
+    return LatencySettings(device=lat.device, resolution=resolution, threads=lat.threads, runtime=lat.runtime)
+
+
 def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console) -> str | None:
     """A fractional latency target ("0.6x") turned into milliseconds ONCE, from one measurement of the
     winner, so every method is held to the same number (each run measuring its own baseline would give
-    each method another target on a machine whose load changes); stored, so a resumed stage keeps it."""
+    each method another target on a machine whose load changes). Stored with what it was measured
+    for, so a resumed stage keeps it; a changed target or settings, or a busy measurement, is measured
+    again."""
     if plan.target_latency is None:
         return None
     from pruning.targets import parse_latency_target
@@ -114,9 +124,6 @@ def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console) -
     target = parse_latency_target(plan.target_latency)
     if target.ms is not None:
         return plan.target_latency
-    stored = plan.stage_dir("prune") / "latency_target.json"
-    if stored.is_file():
-        return str(json.loads(stored.read_text())["target_latency"])
     from dscnn.latency import measure_latency_ms
     from searchspace.device_lock import DeviceLock
 
@@ -124,19 +131,28 @@ def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console) -
     model, _ = dscnn.load_checkpoint(checkpoint)
     deploy = dscnn.reparameterize_model(model).eval()
     resolution = config.data.resolution or int(getattr(model.config, "resolution", 0)) or config.latency.resolution
-    settings = config.latency.replace(resolution=resolution)
+    settings = _latency_settings(config, resolution)
+    key = {"target": plan.target_latency, "settings": settings.to_dict(), "checkpoint": str(checkpoint)}
+    stored = plan.stage_dir("prune") / "latency_target.json"
+    if stored.is_file():
+        doc = json.loads(stored.read_text())
+        if doc.get("for") == json.loads(json.dumps(key, default=str)):
+            return str(doc["target_latency"])
+        console.log(f"prune: {stored} was measured for another target or settings: measuring again")
     with DeviceLock(config.device_lock, device=settings.device).measuring():
         measured = measure_latency_ms(deploy, settings)
-    target_ms = target.resolve(measured.median_ms)
-    if measured.busy:
-        console.log(f"[yellow]warning:[/yellow] the winner's latency {measured.median_ms:.3f} ms, which the "
-                    f"{plan.target_latency} target is taken of, was measured on a busy machine")
-    text = f"{target_ms:.6g}ms"
-    plan.stage_dir("prune").mkdir(parents=True, exist_ok=True)
-    stored.write_text(json.dumps({"target_latency": text, "fraction": target.fraction,
-                                  "winner": measured.to_dict()}, indent=2, default=str))
+    text = f"{target.resolve(measured.median_ms):.6g}ms"
     console.log(f"prune: latency target {plan.target_latency} of the winner's {measured.median_ms:.3f} ms = {text} "
                 "for every method")
+    if measured.busy:  # usable for this run, never kept: a resumed stage measures again
+        console.log(f"[yellow]warning:[/yellow] the winner's {measured.median_ms:.3f} ms was measured on a busy "
+                    "machine: the target is not stored")
+        return text
+    plan.stage_dir("prune").mkdir(parents=True, exist_ok=True)
+    tmp = stored.with_name(f".{stored.name}.tmp")
+    tmp.write_text(json.dumps({"target_latency": text, "fraction": target.fraction, "for": key,
+                               "winner": measured.to_dict()}, indent=2, default=str))
+    tmp.replace(stored)
     return text
 
 
@@ -148,8 +164,12 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
     folder = plan.stage_dir("prune") / method
     done = folder / "record.json"
     if done.is_file():
-        console.log(f"prune: {method} finished earlier ({done})")
-        return dict(json.loads(done.read_text()))
+        record = dict(json.loads(done.read_text()))
+        if record.get("target") == (target_latency or plan.target_flops):
+            console.log(f"prune: {method} finished earlier ({done})")
+            return record
+        console.log(f"prune: {done} was pruned to {record.get('target')}, not {target_latency or plan.target_flops}: "
+                    "pruning again")
     folder.mkdir(parents=True, exist_ok=True)
     config = plan.search_config()
     algorithm = _algorithm(method, plan.options_of(method))
@@ -163,21 +183,24 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
         target=plan.target_flops if target_latency is None else "", target_latency=target_latency,
         data=config.data, train=train, finetune_epochs=finetune, out=str(folder / "pruned.pt"),
         latency_threads=config.latency.threads, latency_runtime=config.latency.runtime,
-        device_lock=config.device_lock,
+        latency_device=config.latency.device, device_lock=config.device_lock,
     )
     console.log(f"prune: {method} to {target_latency or plan.target_flops} "
                 f"({plan.prune_epochs + plan.finetune_epochs} epochs in all)")
     try:
         model, report = run_pruning(algorithm, run, checkpoint=checkpoint, console=console)
-    except (PruningError, TargetMissed) as exc:  # one method's failure is a result, not the end of the study
-        record: Record = {"method": method, "error": str(exc), "met_target": False}
+    except (PruningError, TargetMissed) as exc:  # one method's failure is a row, not the end of the study;
+        # not stored: a resumed stage runs it again (after the user changed what made it fail)
+        console.log(f"[yellow]prune: {method} failed: {exc}")
+        return {"method": method, "error": str(exc), "met_target": False}
     else:
         report.print(console)
         met = (report.latency or {}).get("met", True) if target_latency is not None else True
         record = {"method": method, "checkpoint": report.output, "report": report.to_dict(), "met_target": bool(met),
                   "test_accuracy": _test_accuracy(model, config), "epochs": {"regularized": plan.prune_epochs
                                                                              if regularized else 0,
-                                                                             "finetune": finetune}}
+                                                                             "finetune": finetune},
+                  "target": target_latency or plan.target_flops}
     tmp = folder / ".record.json.tmp"
     tmp.write_text(json.dumps(record, indent=2, default=str))
     tmp.replace(done)

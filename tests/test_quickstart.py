@@ -19,4 +19,4 @@ def test_readme_runs_exactly_the_measured_quickstart() -> None:
 def test_the_quickstart_flags_are_valid_and_small() -> None:
     config = search.config_from_args([*shlex.split(QUICKSTART)[1:], "--device", "cpu"])
     assert config.data.name == "embedded" and config.budget_ms is not None
-    assert config.timeout_s is not None and len(config.baselines) >= 2  # a comparison, bounded in time
+    assert len(config.baselines) >= 2 and config.trials <= 8  # a comparison, small enough for minutes

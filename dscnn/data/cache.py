@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from dscnn.data._common import DataError
+
 CACHE_ENV = "REPNAS_CACHE"
 _FORMAT_VERSION = 1  # bump when the decoding changes, so stale caches are ignored
 _ARRAYS = ("train_images", "train_labels", "val_images", "val_labels", "class_names")
@@ -49,9 +51,15 @@ def load_cached(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def save_cached(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` atomically (temporary file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``arrays`` atomically (temporary file + rename); a folder that cannot be written is a `DataError`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **{name: arrays[name] for name in _ARRAYS})  # type: ignore[arg-type]  # numpy stub: allow_pickle
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{name: arrays[name] for name in _ARRAYS})  # type: ignore[arg-type]  # numpy stub: allow_pickle
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise DataError(f"data-set cache {str(path.parent)!r} cannot be written ({exc.strerror or exc}): point "
+                        f"{CACHE_ENV} at a writable folder") from None

@@ -48,6 +48,9 @@ def test_judge_uses_the_strongest_rival_and_the_larger_noise(bench: ModuleType) 
     assert bench.judge(best, {**accs, "C": [0.80, 0.80]}, 10_000)["verdict"] == "refuted"
     assert bench.judge(worst, {**accs, "A": [0.70, 0.70]}, 10_000)["verdict"] == "refuted"
     assert bench.judge(best, {"A": [0.5], "J": []}, 100)["verdict"] == "not run"
+    # the noise of a gap is the SE of a difference: 1.4 pt at n = 2000 (one accuracy's SE 1.12, a difference's 1.58)
+    close = bench.judge(best, {"A": [0.468, 0.468], "J": [0.454, 0.454]}, 2000)
+    assert close["verdict"] == "within noise" and close["binomial_se"] == pytest.approx(0.01578, abs=1e-4)
 
 
 class _Data:

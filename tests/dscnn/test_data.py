@@ -236,3 +236,12 @@ def test_holdout_validation_comes_from_train_and_the_test_split_is_apart() -> No
         DataConfig(holdout_per_class=5, val_per_class=5)
     with pytest.raises(DataError, match="leaves a class without training images"):
         load_dataset(DataConfig(train_per_class=5, holdout_per_class=5))
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _cifar_tree(tmp_path / "c")
+    blocker = tmp_path / "latency.sqlite"  # REPNAS_CACHE's old meaning: a file, not the folder of the caches
+    blocker.write_text("")
+    monkeypatch.setenv("REPNAS_CACHE", str(blocker))
+    with pytest.raises(DataError, match="cannot be written.*REPNAS_CACHE"):
+        load_dataset(DataConfig("cifar10", data_dir=str(root)))

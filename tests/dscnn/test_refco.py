@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import dscnn
 from dscnn import reparameterize_model
 from dscnn.blocks.refco import RefCO, refco_kernel, refco_weight_count, shuffle_index, valid_kernels
 from tests.contracts import assert_deploy_equivalent, randomize_bn
@@ -125,3 +126,15 @@ def test_errors_name_the_problem() -> None:
         RefCO(16, 32, kernel=6)
     with pytest.raises(ValueError, match="branches must be >= 1"):
         RefCO(16, 32, branches=0)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_a_deployed_falconnet_traces_with_torch_fx(memory_format: torch.memory_format) -> None:
+    # the shuffle's channels_last branch must not call bool() on an fx Proxy (it once did)
+    model = dscnn.create_model("falconnet", num_classes=10, resolution=32, widths=(16, 32, 64, 128),
+                               depths=(1, 1, 1, 1), head_dim=32)
+    deploy = dscnn.reparameterize_model(model).eval().to(memory_format=memory_format)
+    traced = torch.fx.symbolic_trace(deploy)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=memory_format)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), deploy(x), rtol=1e-5, atol=1e-6)

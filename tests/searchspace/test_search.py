@@ -143,5 +143,15 @@ def test_the_cli_ends_with_the_comparison_and_the_next_commands(
     assert "searched vs hand-designed (validation top-1; chance 10.0%)" in text
     assert "fasternet_t0_w0.5" in text and "on 20 validation images, one seed" in text  # 2 per class x 10
     assert f"optuna-dashboard {tmp_path / 'studies.db'}" in text
-    assert f"python -m pruning.resrep {out / 'best.pt'} --target-latency 0.6x" in text
+    assert (f"python -m pruning.resrep {out / 'best.pt'} --target-latency 0.6x --train-per-class 4 "
+            "--val-per-class 2") in text  # the search's own data, not the pruning CLI's defaults
     assert f"python -m dscnn.export {out / 'best_deploy.pt'}" in text
+
+
+def test_next_steps_carry_the_data_set_and_warn_about_a_test_split() -> None:
+    config = search.config_from_args(["--device", "cpu", "--dataset", "cifar10", "--data-dir", "/d", "--runtime",
+                                      "onnxruntime", "--holdout-per-class", "50"])
+    text = search.next_steps(config, has_best=True)
+    assert "--target-latency 0.6x --dataset cifar10 --data-dir /d --runtime onnxruntime" in text
+    assert "kept as its test split" in text
+    assert "pruning.resrep" not in search.next_steps(config, has_best=False)

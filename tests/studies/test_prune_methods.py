@@ -76,21 +76,32 @@ def test_every_method_runs_at_equal_epochs_resumes_and_the_best_on_validation_is
 
 def test_a_fractional_latency_target_is_resolved_once_for_every_method(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    winner = tmp_path / "winner.pt"
-    dscnn.save_checkpoint(winner, dscnn.create_model("dscnn_t0", **tiny_overrides("dscnn_t0")))
-    path = _plan(tmp_path, 'methods = ["csgd", "magnitude"]\ntarget_latency = "0.6x"\n')
-    plan = load_plan(path)
-    console = Console(quiet=True)
-    first = stages._shared_latency_target(plan, str(winner), console)
-    stored = json.loads((plan.stage_dir("prune") / "latency_target.json").read_text())
-    assert first == stored["target_latency"] and first.endswith("ms")
-    assert float(first[:-2]) == pytest.approx(0.6 * stored["winner"]["median_ms"], rel=1e-5)
     from dscnn import latency
 
-    def no_measuring(*args: object, **kwargs: object) -> None:
-        raise AssertionError("measured again")
+    winner = tmp_path / "winner.pt"
+    dscnn.save_checkpoint(winner, dscnn.create_model("dscnn_t0", **tiny_overrides("dscnn_t0")))
+    console = Console(quiet=True)
+    timed: list[str] = []
 
-    monkeypatch.setattr(latency, "measure_latency_ms", no_measuring)
-    assert stages._shared_latency_target(plan, str(winner), console) == first  # a resumed stage keeps its target
+    def fake(median_ms: float, busy: bool = False) -> None:
+        def measure(model: object, settings: latency.LatencySettings) -> latency.LatencyResult:
+            timed.append(f"{settings.device}/{settings.runtime}/{settings.resolution}")
+            return latency.LatencyResult(median_ms, median_ms, median_ms, (median_ms,), 1.0, None, 1, False, busy=busy)
+        monkeypatch.setattr(latency, "measure_latency_ms", measure)
+
+    plan = load_plan(_plan(tmp_path, 'methods = ["csgd", "magnitude"]\ntarget_latency = "0.6x"\n'))
+    fake(5.0)
+    assert stages._shared_latency_target(plan, str(winner), console) == "3ms"  # 0.6 x the one measurement
+    assert timed == ["cpu/eager/32"]  # the runs' own settings, at the model's resolution
+    fake(99.0)
+    assert stages._shared_latency_target(plan, str(winner), console) == "3ms"  # a resumed stage keeps its target
+    assert len(timed) == 1
+    half = load_plan(_plan(tmp_path, 'methods = ["csgd", "magnitude"]\ntarget_latency = "0.5x"\n'))
+    fake(4.0)
+    assert stages._shared_latency_target(half, str(winner), console) == "2ms"  # another target: measured again
+    fake(10.0, busy=True)
+    assert stages._shared_latency_target(plan, str(winner), console) == "6ms"
+    fake(5.0)
+    assert stages._shared_latency_target(plan, str(winner), console) == "3ms"  # a busy number was never stored
     absolute = load_plan(_plan(tmp_path, 'method = "csgd"\ntarget_latency = "3ms"\n'))
     assert stages._shared_latency_target(absolute, str(winner), console) == "3ms"
