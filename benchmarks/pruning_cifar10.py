@@ -130,6 +130,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 <= args.finetune_epochs < args.budget_epochs:
         p.error("--finetune-epochs must be in [0, --budget-epochs)")
+    try:  # an unknown or unavailable runtime fails here, not as MISSED rows after the base training
+        from dscnn.latency import LatencySettings
+        from dscnn.runtimes import check_runtime
+
+        check_runtime(LatencySettings(runtime=args.runtime))
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.markdown and not Path(args.out).is_file():
+        p.error(f"--markdown: no results file {args.out!r} (give --out)")
     return args
 
 
@@ -181,8 +190,9 @@ def run_row(method: str, label: str, seed: int, ckpt: Path, args: argparse.Names
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             _, report = run_pruning(algorithm(method, label, args), run, checkpoint=str(ckpt))
-    except (TargetMissed, PruningError) as exc:
-        return {"method": method, "target": latency_target or MACS_TARGET, "missed": str(exc), **budget,
+    except (TargetMissed, PruningError) as exc:  # a miss, or a target the method cannot reach: a row either way
+        kind = "missed" if isinstance(exc, TargetMissed) else "error"
+        return {"method": method, "target": latency_target or MACS_TARGET, kind: str(exc), **budget,
                 "seconds": round(time.perf_counter() - t0, 1)}
     return {**row_of(report), **budget, "seconds": round(time.perf_counter() - t0, 1),
             "warnings": sorted({str(w.message)[:300] for w in caught})}
@@ -220,8 +230,9 @@ def print_table(rows: dict[str, dict[str, Any]], console: Console) -> None:
                    "unpruned top-1 / ms"):
         table.add_column(column, justify="right")
     for key, r in rows.items():
-        if "missed" in r:
-            table.add_row(key, "-", "-", "MISSED", "-", "-", "-", r["missed"][:60])
+        if "missed" in r or "error" in r:
+            table.add_row(key, "-", "-", "MISSED" if "missed" in r else "ERROR", "-", "-", "-",
+                          (r.get("missed") or r["error"])[:60])
             continue
         u = r["unpruned"]
         ms = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}" + (" noisy" if r["latency_noisy"] else "")
@@ -243,8 +254,9 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
     groups: dict[str, list[dict[str, Any]]] = {}
     for key, r in rows.items():
         label, seed, run = key.split("/")
-        if "missed" in r:
-            lines.append(f"| {key} | - | - | target missed: {r['missed'][:120]} | - | - | - |")
+        if "missed" in r or "error" in r:
+            what = f"target missed: {r['missed'][:120]}" if "missed" in r else f"error: {r['error'][:120]}"
+            lines.append(f"| {key} | - | - | {what} | - | - | - |")
             continue
         groups.setdefault(f"{label}/{run}", []).append(r)
         groups.setdefault(f"{label}/unpruned", []).append({**r["unpruned"], "seed": seed})
@@ -274,7 +286,7 @@ def kept_rows(args: argparse.Namespace) -> dict[str, Any]:
     differ = [k for k in SHARED_SETTINGS if record.get("settings", {}).get(k) != getattr(args, k)]
     if differ:
         raise SystemExit(f"{out} was made with other settings ({', '.join(differ)}): drop --resume or use --out")
-    return dict(record.get("rows", {}))
+    return {k: r for k, r in record.get("rows", {}).items() if "error" not in r}  # an error is retried
 
 
 def load_now() -> list[float]:
@@ -327,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows[key] = run_row(method, label, seed, ckpt, args, target)
                 r = rows[key]
                 console.log(f"{key}: " + (f"MISSED {r['missed']}" if "missed" in r else
+                                          f"ERROR {r['error']}" if "error" in r else
                                           f"top-1 {r['accuracy']:.4f} (before conversion "
                                           f"{_pct(r['accuracy_before_conversion'])}), {format_macs(r['macs'])} MACs, "
                                           f"{r['seconds']:.0f} s"))
