@@ -114,6 +114,9 @@ def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> StudyPlan:
     retrain, prune, export = doc.get("retrain", {}), dict(doc.get("prune", {})), doc.get("export", {})
     methods = _methods(path, prune)
     method_options = {m: dict(prune.pop(m)) for m in PRUNE_METHODS if isinstance(prune.get(m), dict)}
+    unused = sorted(set(method_options) - set(methods))
+    if unused:  # knobs that would silently do nothing
+        raise StudyError(f"{path}: [prune.{unused[0]}] is given but {unused[0]!r} is not among the methods {list(methods)}")
     target_latency = prune.pop("target_latency", None)
     target_flops = prune.pop("target_flops", "" if target_latency is not None else "0.5x")
     if target_latency is not None and target_flops:
@@ -152,7 +155,7 @@ def _methods(path: Path, prune: dict[str, Any]) -> tuple[str, ...]:
     methods = (prune.pop("method", "resrep"),) if raw is None else tuple(raw) if isinstance(raw, list) else (raw,)
     for method in methods:
         if method not in PRUNE_METHODS:
-            raise StudyError(f"[prune] method {method!r}: valid methods are {', '.join(PRUNE_METHODS)}")
+            raise StudyError(f"{path}: [prune] method {method!r}: valid methods are {', '.join(PRUNE_METHODS)}")
     if not methods or len(set(methods)) != len(methods):
         raise StudyError(f"{path}: [prune] methods must name each method once, got {list(methods)}")
     return methods

@@ -42,6 +42,7 @@ def test_methods_and_their_own_tables_are_parsed(tmp_path: Path) -> None:
         ('target_latency = "0.6x"\ntarget_flops = "0.5x"\n', "not both"),
         ('target_latency = "0ms"\n', "target_latency"),
         ('methods = ["resrep", "csgd"]\nlasso = 1e-4\n', "its own table"),
+        ('methods = ["resrep"]\n[prune.csgd]\nsteps = 2\n', "not among the methods"),
     ],
 )
 def test_bad_prune_tables_fail_before_anything_runs(tmp_path: Path, prune: str, message: str) -> None:
