@@ -82,6 +82,11 @@ class RunConfig:
         except ValueError as exc:
             raise PruningError(str(exc)) from None
 
+    def latency_settings(self, resolution: int) -> LatencySettings:
+        """What every timing of the run uses: the latency table, the snapping, before and after."""
+        return LatencySettings(device=self.latency_device, resolution=resolution, threads=self.latency_threads,
+                               runtime=self.latency_runtime)
+
     def train_config(self, resolution: int, epochs: int) -> TrainConfig:
         return dataclasses.replace(self.train, resolution=resolution, epochs=epochs)
 
@@ -109,8 +114,7 @@ def run_pruning(
     target_ms: float | None = None
     resolution = source.resolution or data.resolution
     train = config.train_config(resolution, config.train.epochs)
-    settings = LatencySettings(device=config.latency_device, resolution=resolution, threads=config.latency_threads,
-                               runtime=config.latency_runtime)
+    settings = config.latency_settings(resolution)
 
     model = source.model
     before = _stats(model, data, train, resolution)

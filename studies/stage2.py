@@ -119,7 +119,7 @@ def _train_one(candidate: Candidate, seed: int, recipe: TrainConfig, data: Image
     torch.manual_seed(seed)
     model = dscnn.build_model(dscnn.config_from_dict(candidate.arch))
     result = train_and_evaluate(model, data, dataclasses.replace(recipe, seed=seed), progress=True)
-    test_view = dataclasses.replace(data, val_images=data.test_images, val_labels=data.test_labels)
+    test_view = data.test_view()
     test_accuracy = evaluate_accuracy(model, test_view, recipe)
     checkpoint = runs / f"{_slug(candidate.label)}-s{seed}.pt"
     dscnn.save_checkpoint(checkpoint, model.cpu(), metrics={"val_accuracy": result.final_accuracy,

@@ -104,11 +104,12 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
 
 
 def _latency_settings(config: Any, resolution: int) -> Any:
-    """The settings every pruning run of the study times with (`pruning.run` builds the same ones)."""
-    from dscnn.latency import LatencySettings
+    """The settings every pruning run of the study times with (built by `pruning.run.RunConfig` itself)."""
+    from pruning.run import RunConfig
 
     lat = config.latency
-    return LatencySettings(device=lat.device, resolution=resolution, threads=lat.threads, runtime=lat.runtime)
+    return RunConfig(target="0.5x", latency_threads=lat.threads, latency_runtime=lat.runtime,
+                     latency_device=lat.device).latency_settings(resolution)
 
 
 def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console) -> str | None:
@@ -215,8 +216,7 @@ def _test_accuracy(model: Any, config: Any) -> float | None:
     data = load_dataset(config.data)
     if not data.has_test:
         return None
-    view = dataclasses.replace(data, val_images=data.test_images, val_labels=data.test_labels)
-    return float(evaluate_accuracy(model, view, config.train))
+    return float(evaluate_accuracy(model, data.test_view(), config.train))
 
 
 def export(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:

@@ -110,6 +110,13 @@ class ImageDataset:
     def device(self) -> torch.device:
         return self.train_images.device
 
+    def test_view(self) -> ImageDataset:
+        """The same data with the test split in the validation slot, for code that evaluates "val"
+        (`dscnn.train.evaluate_accuracy`): reporting on the test split, never choosing with it."""
+        if not self.has_test:
+            raise DataError(f"{self.name}: no test split (set holdout_per_class to hold validation out of training)")
+        return dataclasses.replace(self, val_images=self.test_images, val_labels=self.test_labels)
+
     def to(self, device: torch.device | str) -> ImageDataset:
         """The same data on ``device`` (self when already there), e.g. kept on the GPU for training."""
         if self.device == torch.device(device):

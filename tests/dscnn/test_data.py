@@ -245,3 +245,13 @@ def test_a_cache_folder_that_cannot_be_written_is_a_data_error(tmp_path: Path, m
     monkeypatch.setenv("REPNAS_CACHE", str(blocker))
     with pytest.raises(DataError, match="cannot be written.*REPNAS_CACHE"):
         load_dataset(DataConfig("cifar10", data_dir=str(root)))
+
+
+def test_test_view_puts_the_test_split_in_the_validation_slot() -> None:
+    plain = load_dataset(DataConfig(train_per_class=6, val_per_class=2))
+    with pytest.raises(DataError, match="no test split"):
+        plain.test_view()
+    held = load_dataset(DataConfig(train_per_class=6, holdout_per_class=2, test_per_class=3))
+    view = held.test_view()
+    assert torch.equal(view.val_labels, held.test_labels) and torch.equal(view.val_images, held.test_images)
+    assert torch.equal(view.train_labels, held.train_labels) and len(held.val_labels) == 20  # original untouched
