@@ -56,10 +56,10 @@ from pruning.csgd.clusters import centripetal_gradient, group_spread, member_ids
 from pruning.csgd.kmeans import kmeans
 from pruning.csgd.widths import ratio_widths, read_ratios, uniform_widths, widths_macs
 from pruning.groups import ChannelGroup, Member, find_groups
-from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths, within
-from pruning.macs import CostModel
+from pruning.latency_table import LatencyTable, Measure
 from pruning.retrain import RetrainBN
 from pruning.surgery import assert_same_outputs, relative_error, remove_channels
+from pruning.target_cost import snap_to_target, target_cost
 
 #: Centripetal strength on BN gammas relative to kernels (official code); conv biases and BN betas get the full eps.
 VECTOR_FACTOR = 0.1
@@ -134,11 +134,7 @@ class CSGD:
         if not scan.groups:
             raise PruningError(f"no prunable channel group in this model (skipped: {sorted(set(scan.skipped.values()))})")
         self.groups, self.skipped, self.example = scan.groups, scan.skipped, example
-        cost = CostModel(model, self.groups, example) if self.latency_table is None else \
-            LatencyCost(self.latency_table, self.groups)
-        if self.latency_table is not None and cost.min_macs() > target_macs:
-            raise PruningError(f"latency target {target_macs:.4g} ms is below {cost.min_macs():.4g} ms, the predicted "
-                               "latency with every prunable layer at one channel")
+        cost = target_cost(model, self.groups, example, self.latency_table, target_macs)
         if self.ratios is None:
             self.keep_ratio, self.widths = uniform_widths(self.groups, cost, target_macs)
         else:
@@ -150,10 +146,8 @@ class CSGD:
                     f"FLOPs target {target_macs / 1e6:.4g}M"
                 )
         if self.latency_measure is not None:
-            snapped = snap_widths(model, self.groups, self.widths, example, self.latency_measure,
-                                  within(cost, target_macs))
-            self.facts["snapped_widths"] = {r: [self.widths[r], w] for r, w in snapped.items() if w != self.widths[r]}
-            self.widths = snapped
+            self.widths, self.facts["snapped_widths"] = snap_to_target(
+                model, self.groups, self.widths, example, self.latency_measure, cost, target_macs)
         self.planned_macs = widths_macs(cost, self.widths)
         self.phase_widths = [
             {g.root: max(self.widths[g.root], min(g.size, round(r * g.size))) for g in self.groups}

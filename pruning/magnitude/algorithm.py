@@ -34,9 +34,9 @@ from dscnn.train import TrainConfig
 from pruning.algorithm import PruningError
 from pruning.csgd.widths import uniform_widths, widths_macs
 from pruning.groups import ChannelGroup, dependency_graph, find_groups
-from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths, within
-from pruning.macs import CostModel
+from pruning.latency_table import LatencyTable, Measure
 from pruning.surgery import remove_channels
+from pruning.target_cost import snap_to_target, target_cost
 
 
 @dataclass(frozen=True)
@@ -76,17 +76,11 @@ class Magnitude:
         if not scan.groups:
             raise PruningError(f"no prunable channel group in this model (skipped: {sorted(set(scan.skipped.values()))})")
         self.groups, self.skipped, self.example = scan.groups, dict(scan.skipped), example
-        cost = CostModel(model, self.groups, example) if self.latency_table is None else \
-            LatencyCost(self.latency_table, self.groups)
-        if self.latency_table is not None and cost.min_macs() > target_macs:
-            raise PruningError(f"latency target {target_macs:.4g} ms is below {cost.min_macs():.4g} ms, the predicted "
-                               "latency with every prunable layer at one channel")
+        cost = target_cost(model, self.groups, example, self.latency_table, target_macs)
         self.keep_ratio, self.widths = uniform_widths(self.groups, cost, target_macs)
         if self.latency_measure is not None:
-            snapped = snap_widths(model, self.groups, self.widths, example, self.latency_measure,
-                                  within(cost, target_macs))
-            self.facts["snapped_widths"] = {r: [self.widths[r], w] for r, w in snapped.items() if w != self.widths[r]}
-            self.widths = snapped
+            self.widths, self.facts["snapped_widths"] = snap_to_target(
+                model, self.groups, self.widths, example, self.latency_measure, cost, target_macs)
         self.planned_macs = widths_macs(cost, self.widths)
         return model
 

@@ -52,13 +52,14 @@ from torch import Tensor, nn
 from dscnn.train import TrainConfig
 from pruning.algorithm import PruningError
 from pruning.groups import ChannelGroup, Member, find_groups
-from pruning.latency_table import LatencyCost, LatencyTable, Measure, snap_widths, within
+from pruning.latency_table import LatencyTable, Measure, snap_widths, within
 from pruning.macs import CostModel
 from pruning.resrep.compactor import CompactedConv, zero_masked_rows
 from pruning.resrep.constants import fold_constants, plan_constants, zero_depthwise_biases
 from pruning.resrep.masking import MaskUpdate, update_masks
 from pruning.resrep.schedule import MaskSchedule, channels_to_mask, plan_schedule
 from pruning.surgery import assert_same_outputs, relative_error, remove_channels
+from pruning.target_cost import target_cost
 
 #: Largest masked-row norm that counts as "forgotten"; larger ones are reported with a warning.
 SMALL_ROW_NORM = 1e-2
@@ -160,14 +161,8 @@ class ResRep:
             self.groups = tuple(g for g in self.groups if len(g.dense_producers) == 1)
             if not self.groups:
                 raise PruningError("groups='internal': no group with a single dense producer in this model")
-        self.cost = CostModel(model, self.groups, example) if self.latency_table is None else \
-            LatencyCost(self.latency_table, self.groups)
+        self.cost = target_cost(model, self.groups, example, self.latency_table, target_macs)
         floor = self.cost.min_macs()
-        if target_macs < floor and self.latency_table is not None:
-            raise PruningError(
-                f"latency target {target_macs:.4g} ms is below {floor:.4g} ms, the predicted latency with every "
-                f"prunable layer at one channel"
-            )
         if target_macs < floor:
             raise PruningError(
                 f"FLOPs target {target_macs / 1e6:.4g}M MACs is below {floor / 1e6:.4g}M, what remains with every "
