@@ -24,7 +24,6 @@ not many standard deviations away from zero (BN outputs and ReLU'd activations a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -32,18 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from dscnn.blocks.batch_norm_stats import channel_sums, in_scope, update_running_stats
 from dscnn.layers import ConvBN
 
 if TYPE_CHECKING:
     from dscnn.blocks.branch_conv import BranchConv
-
-
-def channel_sums(x: Tensor) -> Tensor:
-    """``sum over (N, H, W)`` per channel; a GEMV in channels_last (much faster than a reduction there)."""
-    n, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return (torch.ones((1, n * h * w), dtype=x.dtype, device=x.device) @ x.permute(0, 2, 3, 1).reshape(-1, c))[0]
-    return x.sum(dim=(0, 2, 3))
 
 
 def _grouped_gram(x: Tensor, g: Tensor, groups: int, in_per_group: int) -> Tensor:
@@ -153,10 +145,7 @@ def applies_pointwise(module: BranchConv, x: Tensor) -> bool:
     bns = [b.bn for b in branches] + ([module.identity] if module.identity is not None else [])
     return (
         module.training and x.dim() == 4 and x.shape[1] == module.in_channels and module.stride == 1
-        and module.kernel_size == (1, 1) and len(bns) >= 2 and x.shape[0] * x.shape[2] * x.shape[3] > 1
-        and not torch.is_autocast_enabled() and x.dtype in (torch.float32, torch.float64)
-        and all(isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats for bn in bns)
-        and all(b.conv.bias is None and b.conv.weight.dtype == x.dtype for b in branches)
+        and module.kernel_size == (1, 1) and len(bns) >= 2 and in_scope(x, bns, [b.conv for b in branches])
     )
 
 
@@ -185,15 +174,3 @@ def fast_pointwise_sum(module: BranchConv, x: Tensor) -> Tensor:
     update_running_stats(bns, stats.means, stats.variances, stats.count)
     assert isinstance(y, Tensor)
     return y
-
-
-@torch.no_grad()
-def update_running_stats(bns: Sequence[nn.BatchNorm2d], means: Sequence[Tensor], variances: Sequence[Tensor],
-                         n: int) -> None:
-    """Exactly what ``nn.BatchNorm2d.forward`` does in training mode with the given batch statistics."""
-    for bn, mean, var in zip(bns, means, variances):
-        assert bn.num_batches_tracked is not None and bn.running_mean is not None and bn.running_var is not None
-        bn.num_batches_tracked.add_(1)
-        m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        bn.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-        bn.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)

@@ -43,6 +43,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from dscnn.blocks.fast_branch import current_branch_impl
+from dscnn.blocks.fast_repmix import applies_repmix, fast_repmix
 from dscnn.fusion import (
     Branch,
     concat_branches,
@@ -79,7 +81,11 @@ MIX_LAYOUTS: dict[str, Callable[[int, int], tuple[MixLayer, ...]]] = {
 
 
 class RepMiX(Reparameterizable):
-    """RepMixer with a mixed-kernel depthwise mixer on ``channels``; ``r`` in 1..4."""
+    """RepMixer with a mixed-kernel depthwise mixer on ``channels``; ``r`` in 1..4.
+
+    In train mode it runs the exact fast path of `dscnn.blocks.fast_repmix` (same function and
+    gradients, fewer passes) unless ``branch_impl("reference")`` is active.
+    """
 
     def __init__(self, channels: int, r: int = 3, *, layer_scale_init: float = 1e-5, layout: str = "split") -> None:
         super().__init__()
@@ -136,5 +142,7 @@ class RepMiX(Reparameterizable):
     def forward(self, x: Tensor) -> Tensor:
         if self.fused is not None:
             return self.fused(x)
+        if self.training and current_branch_impl() == "fast" and applies_repmix(self, x):
+            return fast_repmix(self, x)
         mixer = self._mix_forward(x) + self.pointwise(x) + self.skip(x)
         return x + self.layer_scale * (mixer - self.norm(x))

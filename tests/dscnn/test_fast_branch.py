@@ -141,3 +141,12 @@ def test_eval_mode_and_switch() -> None:
     with pytest.raises(ValueError, match="unknown branch implementation"):
         with branch_impl("nope"):
             pass
+
+
+def test_large_kernels_take_the_reference_path() -> None:
+    """Beyond `FAST_MAX_KERNEL` the per-branch passes cost more than the BN passes they save."""
+    from dscnn.blocks.fast_branch import FAST_MAX_KERNEL
+
+    x = torch.randn(2, 4, 16, 16)
+    assert applies(RepLKConv(4, FAST_MAX_KERNEL, 3).train(), x)
+    assert not applies(RepLKConv(4, FAST_MAX_KERNEL + 2, 3).train(), x)

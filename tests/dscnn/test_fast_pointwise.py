@@ -11,8 +11,10 @@ from torch import nn
 import dscnn.blocks.fast_branch as fast_branch
 from dscnn.blocks import RepASO, RepSO
 from dscnn.blocks.branch_conv import BranchConv
-from dscnn.blocks.fast_branch import _autocorrelation, _border_lines, _weight_grad, branch_impl
+from dscnn.blocks.depthwise_ops import weight_grad
+from dscnn.blocks.fast_branch import branch_impl
 from dscnn.blocks.fast_pointwise import applies_pointwise
+from dscnn.blocks.patch_moments import autocorrelation, border_lines
 from dscnn.blocks.refco import RefCO
 from tests.dscnn.test_fast_branch import _random_affine, _rel, _step, assert_fast_matches_reference
 
@@ -73,16 +75,16 @@ def test_refco_whole_in_both_formats(fmt: str) -> None:
 @pytest.mark.parametrize("hw", [(1, 2), (2, 1), (2, 2), (3, 5), (6, 4)])
 def test_autocorrelation_from_three_3x3_passes(hw: tuple[int, int]) -> None:
     x = torch.randn(3, 4, *hw, dtype=torch.float64)
-    lines = _border_lines(x, (3, 3))
-    lags = [_weight_grad(line, line, (1, 5) if axis == 0 else (5, 1), 1).flatten(1) for axis, _, line, _ in lines]
-    expected = _weight_grad(x, x, (5, 5), 1)[:, 0]
-    assert torch.allclose(_autocorrelation(x, lags), expected, rtol=0, atol=1e-12)
+    lines = border_lines(x, (3, 3))
+    lags = [weight_grad(line, line, (1, 5) if axis == 0 else (5, 1), 1).flatten(1) for axis, _, line, _ in lines]
+    expected = weight_grad(x, x, (5, 5), 1)[:, 0]
+    assert torch.allclose(autocorrelation(x, lags), expected, rtol=0, atol=1e-12)
 
 
 MOMENT_SETS = ["3x3*3,1x3,3x1,1x1,id", "1x3", "3x1,1x1", "1x3,3x1,id", "3x3", "1x1,id"]
 
 
-@pytest.mark.parametrize("moments", [3])
+@pytest.mark.parametrize("moments", [0, 3])
 @pytest.mark.parametrize("text", MOMENT_SETS)
 def test_moment_path_at_small_and_odd_sizes(text: str, moments: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The border corrections (rows, columns, corners) at sizes where they overlap: float64 exact."""

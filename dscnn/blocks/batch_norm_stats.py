@@ -1,0 +1,47 @@
+"""Batch-statistics pieces every exact train-mode fast path shares (SPEC section 9, issue 12).
+
+The fast paths (`fast_branch`, `fast_pointwise`, `fast_repmix`) compute BN batch statistics
+themselves instead of running the BN modules, so they must (a) apply only where that computation is
+the module's (`in_scope`), (b) reduce over (N, H, W) quickly (`channel_sums`), and (c) leave the
+running statistics exactly as ``nn.BatchNorm2d.forward`` would (`update_running_stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def channel_sums(x: Tensor) -> Tensor:
+    """``sum over (N, H, W)`` per channel; a GEMV in channels_last (much faster than a reduction there)."""
+    n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return (torch.ones((1, n * h * w), dtype=x.dtype, device=x.device) @ x.permute(0, 2, 3, 1).reshape(-1, c))[0]
+    return x.sum(dim=(0, 2, 3))
+
+
+def in_scope(x: Tensor, bns: Iterable[nn.Module | None], convs: Iterable[nn.Conv2d]) -> bool:
+    """Whether a fast path may replace these train-mode BNs (and bias-free convs) for input ``x``:
+    a 4-d float32/float64 batch with more than one value per channel, no autocast, every BN affine,
+    in training mode and tracking running statistics (what the fast paths reproduce)."""
+    return (
+        x.dim() == 4 and x.shape[0] * x.shape[2] * x.shape[3] > 1
+        and not torch.is_autocast_enabled() and x.dtype in (torch.float32, torch.float64)
+        and all(isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats for bn in bns)
+        and all(conv.bias is None and conv.weight.dtype == x.dtype for conv in convs)
+    )
+
+
+@torch.no_grad()
+def update_running_stats(bns: Sequence[nn.BatchNorm2d], means: Sequence[Tensor], variances: Sequence[Tensor],
+                         n: int) -> None:
+    """Exactly what ``nn.BatchNorm2d.forward`` does in training mode with the given batch statistics
+    (``variances`` biased, over ``n`` values per channel)."""
+    for bn, mean, var in zip(bns, means, variances):
+        assert bn.num_batches_tracked is not None and bn.running_mean is not None and bn.running_var is not None
+        bn.num_batches_tracked.add_(1)
+        m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        bn.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+        bn.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
