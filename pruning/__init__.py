@@ -1,14 +1,15 @@
 """Channel pruning of deploy graphs under a FLOPs (deploy MACs) or measured-latency target: a shared graph layer + algorithms.
 
 Shared layer: `pruning.groups` (coupling groups from Torch-Pruning's dependency graph),
-`pruning.macs` (deploy MACs of implied widths), `pruning.surgery` (physical removal + numerical
-check), `pruning.targets` (``0.3G`` / ``0.5x``), `pruning.retrain` (training a deploy graph with BN
-put back), `pruning.source` (checkpoint or torchvision model in, pruned model out), `pruning.run`
-(the driver every `PruningAlgorithm` shares), `pruning.report`, `pruning._cli`.
+`pruning.macs` (deploy MACs of implied widths), `pruning.widths` (uniform target widths),
+`pruning.surgery` (physical removal + numerical check), `pruning.targets` (``0.3G`` / ``0.5x``),
+`pruning.retrain` (training a deploy graph with BN put back), `pruning.source` (checkpoint or
+torchvision model in, pruned model out), `pruning.run` (the driver every `PruningAlgorithm`
+shares), `pruning.report`, `pruning._cli`.
 Algorithms, each a subpackage with its own helpers: `pruning.resrep` (ResRep: compactors, mask
 updates; ``python -m pruning.resrep``), `pruning.csgd` (Centripetal SGD: k-means, clusters,
-target widths; ``python -m pruning.csgd``) and `pruning.magnitude` (L1 magnitude, Torch-Pruning's
-group importance, then fine-tuning; ``python -m pruning.magnitude``).
+per-layer ratio widths; ``python -m pruning.csgd``) and `pruning.magnitude` (L1 magnitude,
+Torch-Pruning's group importance, then fine-tuning; ``python -m pruning.magnitude``).
 """
 
 from pruning.algorithm import PruningAlgorithm, PruningError

@@ -5,7 +5,7 @@ Networks with Complicated Structure", CVPR 2019) on the deploy graph, as docs/de
 
 1. The model is fused to its deploy form; its coupling groups come from Torch-Pruning
    (`pruning.groups`). Each group gets a target width: one uniform keep ratio bisected on deploy
-   FLOPs, or per-layer ratios from a JSON file (`pruning.csgd.widths`).
+   FLOPs (`pruning.widths`), or per-layer ratios from a JSON file (`pruning.csgd.widths`).
 2. Each group's channels are clustered into that many clusters by seeded k-means on the leader's
    flattened kernels (`pruning.csgd.kmeans`); every producer of the group (residual branches, depthwise
    followers) shares the leader's clusters.
@@ -54,12 +54,13 @@ from dscnn.train import TrainConfig
 from pruning.algorithm import PruningError
 from pruning.csgd.clusters import centripetal_gradient, group_spread, member_ids, merge_clusters
 from pruning.csgd.kmeans import kmeans
-from pruning.csgd.widths import ratio_widths, read_ratios, uniform_widths, widths_macs
+from pruning.csgd.widths import ratio_widths, read_ratios
 from pruning.groups import ChannelGroup, Member, find_groups
 from pruning.latency_table import LatencyTable, Measure
 from pruning.retrain import RetrainBN
 from pruning.surgery import assert_same_outputs, relative_error, remove_channels
 from pruning.target_cost import snap_to_target, target_cost
+from pruning.widths import uniform_widths, widths_macs
 
 #: Centripetal strength on BN gammas relative to kernels (official code); conv biases and BN betas get the full eps.
 VECTOR_FACTOR = 0.1

@@ -1,56 +1,19 @@
-"""Per-group target widths for pruners that fix the widths up front (C-SGD, docs/design.md 6.4).
+"""C-SGD's per-layer target widths: keep ratios read from a JSON file (``--layer-ratios``, docs/design.md 6.4).
 
-Either one uniform keep ratio for every prunable group, the largest whose deploy MACs meet the
-target (bisection: the MACs of the implied widths only grow with the ratio), or per-layer keep
-ratios read from a JSON file, checked against the target. A group of ``size`` channels at ratio
-``r`` keeps ``max(1, round(r * size))``. The MACs come from `pruning.macs.CostModel`: within a
-group, which channels go does not change the cost, only how many.
+The alternative to one uniform keep ratio (`pruning.widths.uniform_widths`, shared with magnitude
+pruning). A group of ``size`` channels at ratio ``r`` keeps ``max(1, round(r * size))``; the caller
+checks the resulting cost against the target.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from pruning.algorithm import PruningError
 from pruning.groups import OUT, ChannelGroup
-from pruning.macs import CostModel
-
-
-def widths_at(groups: Iterable[ChannelGroup], ratio: float) -> dict[str, int]:
-    """Per group root: the width kept at keep ratio ``ratio``."""
-    return {g.root: max(1, min(g.size, round(ratio * g.size))) for g in groups}
-
-
-def widths_macs(cost: CostModel, widths: Mapping[str, int]) -> int:
-    """Deploy MACs with each group (by root) cut to ``widths[root]`` channels."""
-    return cost.macs({root: range(width, cost.groups[root].size) for root, width in widths.items()})
-
-
-def uniform_widths(
-    groups: tuple[ChannelGroup, ...], cost: CostModel, target_macs: float, steps: int = 40
-) -> tuple[float, dict[str, int]]:
-    """The largest uniform keep ratio whose widths cost at most ``target_macs``, and those widths.
-
-    Raises:
-        ValueError: if even one channel per group costs more than the target.
-    """
-    floor = widths_macs(cost, widths_at(groups, 0.0))
-    if floor > target_macs:
-        raise PruningError(
-            f"FLOPs target {target_macs / 1e6:.4g}M MACs is below {floor / 1e6:.4g}M, what remains with every "
-            "prunable layer at one channel"
-        )
-    low, high = 0.0, 1.0  # low meets the target; high (nothing pruned) does not: the target is below it
-    for _ in range(steps):
-        mid = (low + high) / 2
-        if widths_macs(cost, widths_at(groups, mid)) <= target_macs:
-            low = mid
-        else:
-            high = mid
-    return low, widths_at(groups, low)
 
 
 def read_ratios(path: str | Path) -> dict[str, float]:

@@ -6,7 +6,7 @@ Torch-Pruning's group importance, behind the same driver, targets and report as 
 1. The model is fused to its deploy form; its coupling groups come from Torch-Pruning
    (`pruning.groups`), the same prunable groups ResRep and C-SGD see.
 2. Each group gets a target width: one uniform keep ratio, the largest whose cost meets the target
-   (`pruning.csgd.widths.uniform_widths`, as Torch-Pruning's ``MagnitudePruner`` prunes every layer by
+   (`pruning.widths.uniform_widths`, as Torch-Pruning's ``MagnitudePruner`` prunes every layer by
    one ratio). With a latency target the cost is the latency table's prediction
    (`pruning.latency_table.LatencyCost`) and the widths are snapped by measurement, as for C-SGD (a
    snap is kept only while the prediction still meets the target).
@@ -32,11 +32,11 @@ from torch import Tensor, nn
 
 from dscnn.train import TrainConfig
 from pruning.algorithm import PruningError
-from pruning.csgd.widths import uniform_widths, widths_macs
 from pruning.groups import ChannelGroup, dependency_graph, find_groups
 from pruning.latency_table import LatencyTable, Measure
 from pruning.surgery import remove_channels
 from pruning.target_cost import snap_to_target, target_cost
+from pruning.widths import uniform_widths, widths_macs
 
 
 @dataclass(frozen=True)

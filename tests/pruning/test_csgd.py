@@ -14,11 +14,11 @@ import dscnn
 from dscnn.train import TrainConfig
 from pruning.csgd import CSGD, GAMMA_FACTOR, CSGDConfig, main
 from pruning.csgd.kmeans import kmeans
-from pruning.csgd.widths import widths_macs
 from pruning.groups import OUT
 from pruning.macs import CostModel
 from pruning.retrain import RetrainBN, add_batchnorm
 from pruning.surgery import TOLERANCE, relative_error
+from pruning.widths import widths_macs
 from tests.pruning.tiny import tiny_deploy, tiny_overrides
 
 X = torch.zeros(1, 3, 32, 32)
