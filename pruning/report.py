@@ -62,6 +62,8 @@ class PruneReport:
     latency: dict[str, Any] | None = None  # {"before", "after": LatencyResult dicts}, timed interleaved
     # with a latency target also "target_ms", "predicted_ms", "met", "table", "where_latency_went"
     accuracy_before_prune: float | None = None  # the trained model (compactors / clusters) before conversion
+    # epochs that ran: {"regularized": with the algorithm's regularizer (0 for magnitude), "finetune": after the cut}
+    epochs: dict[str, int] = field(default_factory=dict)
 
     @property
     def macs_reduction(self) -> float:
@@ -133,6 +135,9 @@ class PruneReport:
             f"right after pruning {_fmt(self.accuracy_after_prune, '{:.4f}')}"
             + "".join(f"; {fact}" for fact in facts)
         )
+        if self.epochs:
+            console.print(f"epochs {sum(self.epochs.values())}: {self.epochs.get('regularized', 0)} regularised + "
+                          f"{self.epochs.get('finetune', 0)} fine-tuning")
         if (line := self.latency_line()) is not None:
             console.print(line)
         if (line := self.latency_target_line()) is not None:

@@ -140,7 +140,8 @@ def run_pruning(
         algorithm.latency_measure = harness(settings, lock)  # type: ignore[attr-defined]
     steps_per_epoch = max(1, len(data.train_labels) // train.batch_size)
     work = algorithm.prepare(model, target_macs, example, steps_per_epoch, epochs=train.epochs)
-    if getattr(algorithm, "regularized", True):  # magnitude pruning has no regularised training
+    regularized = getattr(algorithm, "regularized", True)
+    if regularized:  # magnitude pruning has no regularised training
         train_deploy(
             work, data, train, param_groups=algorithm.param_groups, after_backward=algorithm.regularize,
             progress=config.progress,
@@ -179,12 +180,21 @@ def run_pruning(
         before=before, after=after, accuracy_after_prune=accuracy_after_prune,
         accuracy_before_prune=accuracy_before_prune,
         widths={k: (v, widths_after.get(k, 0)) for k, v in widths_before.items()},
-        algorithm=summary, settings=dataclasses.asdict(config), resolution=resolution,
+        algorithm=summary, settings=_settings(config, regularized), resolution=resolution,
+        epochs={"regularized": config.train.epochs if regularized else 0, "finetune": config.finetune_epochs},
         latency_settings=settings.to_dict() if config.time_latency else None, output=str(out), latency=latency,
     )
     metrics = _metrics(report)
     write_together([(out, lambda path: source.save(path, pruned, metrics)), (report_path, report.write_json)])
     return pruned, report
+
+
+def _settings(config: RunConfig, regularized: bool) -> dict[str, Any]:
+    """The run's configuration as it ran: without regularised training, ``train.epochs`` is 0, not the unused default."""
+    settings = dataclasses.asdict(config)
+    if not regularized:  # else a method comparison at equal epochs would count the recipe's 10 unrun epochs
+        settings["train"]["epochs"] = 0
+    return settings
 
 
 def _group_widths(algorithm: PruningAlgorithm) -> dict[str, int]:

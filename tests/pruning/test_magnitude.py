@@ -80,6 +80,8 @@ def test_cli_prunes_to_the_flops_target_and_fine_tunes(tmp_path: Path, capsys: p
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["method"] == "magnitude" and report["after"]["macs"] <= 0.5 * report["before"]["macs"]
     assert report["settings"]["finetune_epochs"] == 1 and report["accuracy_after_prune"] is not None
+    # what ran: no regularised epochs (not the retraining recipe's unused default), one fine-tuning epoch
+    assert report["settings"]["train"]["epochs"] == 0 and report["epochs"] == {"regularized": 0, "finetune": 1}
     assert report["algorithm"]["max_removed_importance"] > 0
     assert any(a != b for a, b in report["widths"].values())
     pruned, _ = dscnn.load_checkpoint(out)

@@ -131,5 +131,6 @@ def test_cli_prunes_a_torchvision_model(tmp_path: Path, capsys: pytest.CaptureFi
     assert "pruned" in capsys.readouterr().out
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["after"]["macs"] <= report["target_macs"] and report["source"] == "mobilenet_v2"
+    assert report["settings"]["train"]["epochs"] == 1 and report["epochs"] == {"regularized": 1, "finetune": 0}
     model = torch.load(out, weights_only=False)  # the documented exception: a whole pickled module
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
