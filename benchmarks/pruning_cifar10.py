@@ -43,7 +43,10 @@ Full scale (a GPU; the issue's ResNet-56 >= 80% regime):
         --base-lr 0.1 --warmup-epochs 5 --device cuda --threads 8
 
 ``--resume`` keeps the rows already in ``--out`` that were made with the same settings (an
-interrupted run continues where it stopped; the JSON is rewritten after every row).
+interrupted run continues where it stopped; the JSON is rewritten after every row). Each row carries
+the provenance of the run that measured it (``provenance``: command, git commit, environment, start
+time), so rows a later ``--resume`` appends are not attributed to the first run's machine or code;
+the top-level ``command`` / ``git`` / ``environment`` are the latest run's.
 """
 
 from __future__ import annotations
@@ -51,10 +54,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +291,30 @@ def kept_rows(args: argparse.Namespace) -> dict[str, Any]:
     differ = [k for k in SHARED_SETTINGS if record.get("settings", {}).get(k) != getattr(args, k)]
     if differ:
         raise SystemExit(f"{out} was made with other settings ({', '.join(differ)}): drop --resume or use --out")
-    return {k: r for k, r in record.get("rows", {}).items() if "error" not in r}  # an error is retried
+    rows = {k: r for k, r in record.get("rows", {}).items() if "error" not in r}  # an error is retried
+    if "earlier_commands" not in record:  # rows from before per-row provenance, all made by the file's one run
+        for r in rows.values():
+            r.setdefault("provenance", {k: record.get(k) for k in ("command", "environment")})
+    return rows
+
+
+def git_commit() -> dict[str, Any] | None:
+    """The checkout's commit and whether tracked files differ from it; None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    """What this run measures with: stamped on every row it adds (a later --resume stamps its own)."""
+    return {"command": " ".join([sys.executable, *(sys.argv if argv is None else [__file__, *argv])]),
+            "git": git_commit(), "environment": environment(args.device, args.threads),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def load_now() -> list[float]:
@@ -304,15 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     start, load_start = time.perf_counter(), load_now()
+    this_run = provenance(args, argv)
     record: dict[str, Any] = {
-        "benchmark": "pruning_cifar10", "command": " ".join([sys.executable, *sys.argv]), "settings": vars(args),
+        "benchmark": "pruning_cifar10", "command": this_run["command"], "git": this_run["git"], "settings": vars(args),
         "macs_target": MACS_TARGET, "split": "validation = CIFAR-10 test folder subset (nothing selected on it)",
         "scaled": {
             "mask_interval": "derived from the schedule (pruning.resrep.schedule) unless given: the published 200 "
                              "iterations x 4 channels cannot reach the target within this budget",
             "warmup_epochs": f"{args.warmup_epochs} (paper: 5 of 480 epochs, about 1% of the schedule)",
         },
-        "environment": environment(args.device, args.threads), "load_average_start": load_start,
+        "environment": this_run["environment"], "load_average_start": load_start,
         "convention": "FLOPs = fvcore MACs of the deploy form, batch 1",
     }
     if rows:  # --resume: the earlier runs' commands (and any rows set aside) stay in the record
@@ -336,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             console.log(f"{label} seed {seed}: base model ready ({time.perf_counter() - t0:.0f} s)")
             for method, target in todo:
                 key = row_key(label, seed, method, "macs" if target is None else "latency")
-                rows[key] = run_row(method, label, seed, ckpt, args, target)
+                rows[key] = {**run_row(method, label, seed, ckpt, args, target), "provenance": this_run}
                 r = rows[key]
                 console.log(f"{key}: " + (f"MISSED {r['missed']}" if "missed" in r else
                                           f"ERROR {r['error']}" if "error" in r else
