@@ -94,3 +94,24 @@ def test_repmix_fast_path_then_fuse() -> None:
         expected = block(x)
         block.reparameterize()
         assert torch.allclose(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_autocast_takes_the_reference_path() -> None:
+    """Under CPU autocast the reference runs its convs in bf16: the float32 fast path must not stand in."""
+    from dscnn.blocks.fast_branch import applies
+    from dscnn.blocks.repaso import RepASO
+
+    x = torch.randn(2, 6, 5, 5)
+    block, aso = _repmix(6, 3, "split"), RepASO(6, "J").train()
+    assert applies_repmix(block, x) and applies(aso, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not applies_repmix(block, x)
+        assert not applies(aso, x)
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.0])
+def test_repmix_float32_off_centre_input(offset: float) -> None:
+    """The one-pass variances hold the float32 contract for inputs up to ~2 std off zero (see `in_scope`)."""
+    block = _repmix(8, 3, "split")
+    x = torch.randn(8, 8, 12, 12, generator=torch.Generator().manual_seed(3)) + offset
+    assert_fast_matches_reference(block, x, torch.float32)
