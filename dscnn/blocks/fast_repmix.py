@@ -56,16 +56,16 @@ def applies_repmix(module: RepMiX, x: Tensor) -> bool:
     )
 
 
-def _shared_terms(module: RepMiX, lo: int, hi: int) -> list[BNTerm]:
-    """Channels ``lo:hi`` of the DW 1x1 branch, the skip BN and the subtracted norm BN, as x-terms."""
+def _shared_terms(module: RepMiX) -> list[BNTerm]:
+    """The DW 1x1 branch, the skip BN and the subtracted norm BN, as x-terms over all channels."""
     pointwise, skip, norm = _shared(module)
-    if (lo, hi) == (0, module.channels):
-        return [term(pointwise), identity_term(skip), identity_term(norm, -1.0)]
-    pw = term(pointwise)
-    return [
-        BNTerm(cast(Tensor, pw.weight)[lo:hi], pw.gamma[lo:hi], pw.beta[lo:hi], pw.eps),
-        *(BNTerm(None, t.gamma[lo:hi], t.beta[lo:hi], t.eps) for t in (identity_term(skip), identity_term(norm, -1.0)))
-    ]
+    return [term(pointwise), identity_term(skip), identity_term(norm, -1.0)]
+
+
+def _channels(t: BNTerm, lo: int, hi: int) -> BNTerm:
+    """Term ``t`` restricted to channels ``lo:hi`` (BN is per channel, so this is exact)."""
+    weight = None if t.weight is None else t.weight[lo:hi]
+    return BNTerm(weight, t.gamma[lo:hi], t.beta[lo:hi], t.eps)
 
 
 def fast_repmix(module: RepMiX, x: Tensor) -> Tensor:
@@ -75,18 +75,20 @@ def fast_repmix(module: RepMiX, x: Tensor) -> Tensor:
     shared_bns = [cast(nn.BatchNorm2d, pointwise.bn), skip, norm]
     if all(len(layer) == 1 for layer in layers):  # parallel layout (or r = 1): one sum
         kernels = [layer[0] for layer in layers]
-        mixed, stats = depthwise_bn_sum(x, [term(g) for g in kernels], _shared_terms(module, 0, module.channels))
+        mixed, stats = depthwise_bn_sum(x, [term(g) for g in kernels], _shared_terms(module))
         update_running_stats([cast(nn.BatchNorm2d, g.bn) for g in kernels] + shared_bns,
                              stats.means, stats.variances, stats.count)
         return torch.addcmul(x, module.layer_scale, mixed)
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     groups = layers[0]
     sizes = [g.conv.in_channels for g in groups]
+    shared = _shared_terms(module)  # once: the norm's negated parameters are sliced, not re-negated per group
     parts, shared_means, shared_vars = [], [[], [], []], [[], [], []]  # type: ignore[var-annotated]
     lo, count = 0, 0
     for group, part in zip(groups, torch.split(x, sizes, dim=1)):
         hi = lo + group.conv.in_channels
-        y, stats = depthwise_bn_sum(part.contiguous(memory_format=fmt), [term(group)], _shared_terms(module, lo, hi))
+        y, stats = depthwise_bn_sum(part.contiguous(memory_format=fmt), [term(group)],
+                                    [_channels(t, lo, hi) for t in shared])
         update_running_stats([cast(nn.BatchNorm2d, group.bn)], stats.means[:1], stats.variances[:1], stats.count)
         for i in range(3):
             shared_means[i].append(stats.means[1 + i])
