@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,7 +68,7 @@ from rich.table import Table
 
 import dscnn
 from dscnn.data import DataConfig, ImageDataset, load_dataset
-from dscnn.environment import environment
+from dscnn.environment import environment, git_revision
 from dscnn.train import TrainConfig, train_and_evaluate
 from dscnn.units import format_macs
 from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
@@ -298,22 +297,10 @@ def kept_rows(args: argparse.Namespace) -> dict[str, Any]:
     return rows
 
 
-def git_commit() -> dict[str, Any] | None:
-    """The checkout's commit and whether tracked files differ from it; None outside a git checkout."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                              timeout=30, check=True).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def provenance(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     """What this run measures with: stamped on every row it adds (a later --resume stamps its own)."""
     return {"command": " ".join([sys.executable, *(sys.argv if argv is None else [__file__, *argv])]),
-            "git": git_commit(), "environment": environment(args.device, args.threads),
+            "git": git_revision(Path(__file__).resolve().parent), "environment": environment(args.device, args.threads),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

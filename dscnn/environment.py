@@ -1,4 +1,5 @@
-"""The machine a measurement ran on, recorded beside every latency report and in every cache key."""
+"""The machine a measurement ran on, recorded beside every latency report and in every cache key;
+and the code it ran (`git_revision`), recorded beside benchmark rows."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import os
 import platform
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,6 +83,24 @@ def machine_state() -> dict[str, Any]:
     except OSError:
         pass
     return state
+
+
+def git_revision(path: str | Path | None = None) -> dict[str, Any] | None:
+    """``{"commit": 40-hex HEAD, "dirty": tracked files differ from it}`` of the git checkout holding
+    ``path`` (default: this package's checkout); None outside a checkout or without git, never raises.
+    Untracked files do not count as dirty: results and caches written beside the code would mark every run."""
+    folder = Path(path) if path is not None else Path(__file__).resolve().parent
+    if not folder.is_dir():
+        return None
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _cpu_count() -> int | None:

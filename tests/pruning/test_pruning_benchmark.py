@@ -53,7 +53,7 @@ def test_rows_a_resume_appends_carry_their_own_run_not_the_first(bench: ModuleTy
         "resnet20/seed0/resrep@macs": {**_row(0.5), "provenance": {**first, "git": {"commit": "aaa", "dirty": False}}},
     }}))
     monkeypatch.setattr(bench, "environment", lambda device, threads: {"cpu_model": "machine B"})
-    monkeypatch.setattr(bench, "git_commit", lambda: {"commit": "bbb", "dirty": True}, raising=False)
+    monkeypatch.setattr(bench, "git_revision", lambda path=None: {"commit": "bbb", "dirty": True})
     monkeypatch.setattr(bench, "load_dataset", lambda config: None)
     monkeypatch.setattr(bench, "trained_base", lambda label, seed, args, data: tmp_path / "base.pt")
     monkeypatch.setattr(bench, "run_row", lambda method, *rest: _row(0.4))
