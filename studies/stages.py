@@ -89,8 +89,9 @@ def _algorithm(method: str, options: dict[str, Any]) -> Any:
 
 def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
     """Every [prune] method on the winner, at equal epochs (a method without regularised training
-    fine-tunes for the regularised epochs too), each resumable on its own; the one exported is the
-    most accurate on validation among those that met the target."""
+    fine-tunes for the regularised epochs too; each method's record holds the epochs its report says
+    ran, and a total other than the plan's is a `StudyError`), each resumable on its own; the one
+    exported is the most accurate on validation among those that met the target."""
     checkpoint = records["retrain"]["checkpoint"]
     target_latency = _shared_latency_target(plan, checkpoint, console)
     runs = {m: _prune_one(plan, m, checkpoint, target_latency, console) for m in plan.methods}
@@ -166,16 +167,18 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
     done = folder / "record.json"
     if done.is_file():
         record = dict(json.loads(done.read_text()))
-        if record.get("target") == (target_latency or plan.target_flops):
+        # the report's epochs (a record from before reports stated them: the study's own)
+        stored = record.get("report", {}).get("epochs") or record.get("epochs") or {}
+        if record.get("target") == (target_latency or plan.target_flops) and sum(stored.values()) == _planned_epochs(plan):
             console.log(f"prune: {method} finished earlier ({done})")
             return record
-        console.log(f"prune: {done} was pruned to {record.get('target')}, not {target_latency or plan.target_flops}: "
-                    "pruning again")
+        console.log(f"prune: {done} was pruned to {record.get('target')} in {sum(stored.values())} epochs, not "
+                    f"{target_latency or plan.target_flops} in {_planned_epochs(plan)}: pruning again")
     folder.mkdir(parents=True, exist_ok=True)
     config = plan.search_config()
     algorithm = _algorithm(method, plan.options_of(method))
     regularized = getattr(algorithm, "regularized", True)
-    finetune = plan.finetune_epochs if regularized else plan.prune_epochs + plan.finetune_epochs
+    finetune = plan.finetune_epochs if regularized else _planned_epochs(plan)
     train = dataclasses.replace(
         RunConfig(target="0.5x").train, epochs=plan.prune_epochs, batch_size=config.train.batch_size,
         device=config.train.device, seed=config.train.seed,
@@ -186,8 +189,7 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
         latency_threads=config.latency.threads, latency_runtime=config.latency.runtime,
         latency_device=config.latency.device, device_lock=config.device_lock,
     )
-    console.log(f"prune: {method} to {target_latency or plan.target_flops} "
-                f"({plan.prune_epochs + plan.finetune_epochs} epochs in all)")
+    console.log(f"prune: {method} to {target_latency or plan.target_flops} ({_planned_epochs(plan)} epochs in all)")
     try:
         model, report = run_pruning(algorithm, run, checkpoint=checkpoint, console=console)
     except (PruningError, TargetMissed) as exc:  # one method's failure is a row, not the end of the study;
@@ -197,15 +199,34 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
     else:
         report.print(console)
         met = (report.latency or {}).get("met", True) if target_latency is not None else True
-        record = {"method": method, "checkpoint": report.output, "report": report.to_dict(), "met_target": bool(met),
-                  "test_accuracy": _test_accuracy(model, config), "epochs": {"regularized": plan.prune_epochs
-                                                                             if regularized else 0,
-                                                                             "finetune": finetune},
-                  "target": target_latency or plan.target_flops}
+        reported = report.to_dict()
+        record = {"method": method, "checkpoint": report.output, "report": reported, "met_target": bool(met),
+                  "epochs": epochs_run(method, reported, _planned_epochs(plan)),  # before the test pass: fail early
+                  "test_accuracy": _test_accuracy(model, config), "target": target_latency or plan.target_flops}
     tmp = folder / ".record.json.tmp"
     tmp.write_text(json.dumps(record, indent=2, default=str))
     tmp.replace(done)
     return record
+
+
+def _planned_epochs(plan: StudyPlan) -> int:
+    """Every method's total at equal budget: regularised + fine-tuning epochs (a method without
+    regularised training fine-tunes for all of them)."""
+    return plan.prune_epochs + plan.finetune_epochs
+
+
+def epochs_run(method: str, report: Record, planned: int) -> dict[str, int]:
+    """The epochs a pruning report says ran, ``{"regularized", "finetune"}``; a `StudyError` when
+    they do not add up to the study's equal budget (the comparison between methods would be unfair)."""
+    epochs = report.get("epochs") or {}
+    if set(epochs) != {"regularized", "finetune"}:
+        raise StudyError(f"prune: {method}'s report does not state the epochs it ran ({epochs or 'none'}): "
+                         "the equal budget cannot be checked")
+    ran = {k: int(epochs[k]) for k in ("regularized", "finetune")}
+    if sum(ran.values()) != planned:
+        raise StudyError(f"prune: {method} ran {ran['regularized']} regularised + {ran['finetune']} fine-tuning "
+                         f"epochs = {sum(ran.values())}, not the study's equal budget of {planned}")
+    return ran
 
 
 def _test_accuracy(model: Any, config: Any) -> float | None:

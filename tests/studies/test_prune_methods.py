@@ -106,3 +106,64 @@ def test_a_fractional_latency_target_is_resolved_once_for_every_method(tmp_path:
     assert stages._shared_latency_target(plan, str(winner), console) == "3ms"  # a busy number was never stored
     absolute = load_plan(_plan(tmp_path, 'method = "csgd"\ntarget_latency = "3ms"\n'))
     assert stages._shared_latency_target(absolute, str(winner), console) == "3ms"
+
+
+def test_the_epochs_recorded_are_the_reports_and_must_add_up_to_the_equal_budget() -> None:
+    assert stages.epochs_run("magnitude", {"epochs": {"regularized": 0, "finetune": 3}}, 3) == {"regularized": 0,
+                                                                                               "finetune": 3}
+    with pytest.raises(StudyError, match=r"csgd ran 2 regularised \+ 0 fine-tuning epochs = 2, not .* budget of 3$"):
+        stages.epochs_run("csgd", {"epochs": {"regularized": 2, "finetune": 0}}, 3)
+    with pytest.raises(StudyError, match="does not state the epochs"):
+        stages.epochs_run("resrep", {"method": "resrep"}, 3)  # a report without epochs cannot vouch for the budget
+
+
+class _Report:
+    """What the prune stage reads of a `pruning.report.PruneReport`, stating ``epochs``."""
+
+    latency = None
+    output = "pruned.pt"
+
+    def __init__(self, epochs: dict[str, int]) -> None:
+        self.epochs = epochs
+
+    def print(self, console: Console) -> None:
+        pass
+
+    def to_dict(self) -> dict[str, object]:
+        return {"method": "magnitude", "epochs": self.epochs, "after": {"accuracy": 0.5}}
+
+
+def test_a_report_off_the_equal_budget_stops_the_stage_and_is_not_stored(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from pruning import run
+
+    plan = load_plan(_plan(tmp_path, 'method = "magnitude"\nepochs = 2\nfinetune_epochs = 1\n'))
+    monkeypatch.setattr(run, "run_pruning", lambda *a, **k: (None, _Report({"regularized": 0, "finetune": 1})))
+    with pytest.raises(StudyError, match="magnitude ran 0 regularised \\+ 1 fine-tuning epochs = 1, not .* of 3"):
+        stages.prune(plan, {"retrain": {"checkpoint": str(tmp_path / "winner.pt")}}, Console(quiet=True))
+    assert not (plan.stage_dir("prune") / "magnitude" / "record.json").exists()  # a resume does not accept it
+
+
+def test_a_stored_method_run_at_another_epoch_budget_is_pruned_again(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from pruning import run
+    from pruning.algorithm import PruningError
+
+    plan = load_plan(_plan(tmp_path, 'method = "magnitude"\nepochs = 2\nfinetune_epochs = 1\n'))
+    folder = plan.stage_dir("prune") / "magnitude"
+    folder.mkdir(parents=True)
+    stored = {"method": "magnitude", "target": "0.5x", "met_target": True, "report": {"epochs": {"regularized": 0,
+                                                                                                 "finetune": 3}}}
+    (folder / "record.json").write_text(json.dumps(stored))
+    calls: list[int] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise PruningError("not this time")
+
+    monkeypatch.setattr(run, "run_pruning", refuse)
+    assert stages._prune_one(plan, "magnitude", "winner.pt", None, Console(quiet=True)) == stored  # same budget: kept
+    assert calls == []
+    longer = load_plan(_plan(tmp_path, 'method = "magnitude"\nepochs = 2\nfinetune_epochs = 2\n'))
+    assert stages._prune_one(longer, "magnitude", "winner.pt", None, Console(quiet=True))["error"] == "not this time"
+    assert calls == [1]  # 4 epochs planned, 3 stored: pruned again, not reused
