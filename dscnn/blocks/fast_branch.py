@@ -23,7 +23,8 @@ passes over memory, in a custom autograd function:
   oneDNN runs about 2x faster than its own input-gradient kernel on CPU (measured, see the README).
 
 Moment mode (kernels up to 3x3, undilated): the per-branch passes above go too; see
-`dscnn.blocks.patch_moments`.
+`dscnn.blocks.patch_moments` (the patch Gram) and `dscnn.blocks.moment_branches` (all kernel
+branches' statistics and gradients from it, stacked).
 
 `depthwise_bn_sum` is the function itself, for any module whose train form is such a sum
 (`fast_branch_sum` for a `BranchConv`, `dscnn.blocks.fast_repmix` for RepMiX).
@@ -46,6 +47,7 @@ from torch.autograd.function import once_differentiable
 
 from dscnn.blocks.batch_norm_stats import channel_sums, in_scope, update_running_stats
 from dscnn.blocks.depthwise_ops import dwconv, dwconv_t, weight_grad
+from dscnn.blocks.moment_branches import branch_grads, branch_moments, stack_padded
 from dscnn.blocks.patch_moments import add_border, moment_mix, patch_gram
 from dscnn.layers import ConvBN
 
@@ -164,21 +166,23 @@ class _FastBranchSum(torch.autograd.Function):
         size, d = plan.size, plan.dilation
         patches = _patch_sums(x, size, d)  # (C, 1, KH, KW)
         gram = patch_gram(x, size) if plan.moments else None  # (C, D, D)
-        means, variances, ts = [], [], []
-        for b in range(nk):
+        means: list[Tensor] = []
+        variances: list[Tensor] = []
+        stacked = sigma_w = None
+        if gram is not None:
+            stacked = stack_padded(cast(list[Tensor], kernels[:nk]), size)  # (C, B, D)
+            mu_k, var_k, sigma_w = branch_moments(stacked, patches.flatten(1), gram, n)
+            means.extend(mu_k.unbind(1))
+            variances.extend(var_k.unbind(1))
+        for b in range(nk if gram is None else 0):
             w = kernels[b]
             assert w is not None
             mu = (w * _crop(patches, plan.kernel_sizes[b])).sum(dim=(1, 2, 3)) / n
-            if gram is not None:
-                wv = _pad_to(w, size).flatten(1)  # (C, D)
-                var = ((torch.bmm(gram, wv.unsqueeze(2)).squeeze(2) * wv).sum(1) / n - mu.square()).clamp_(min=0)
-            else:
-                z = dwconv(x, w, d)
-                z.sub_(_row(mu))
-                var = channel_sums(z.square_()) / n
-                del z
+            z = dwconv(x, w, d)
+            z.sub_(_row(mu))
             means.append(mu)
-            variances.append(var)
+            variances.append(channel_sums(z.square_()) / n)
+            del z
         x_mean = x_var = None
         if plan.scaled:
             ch, cw = size[0] // 2, size[1] // 2
@@ -192,14 +196,15 @@ class _FastBranchSum(torch.autograd.Function):
                 a = kernels[nk + j].view(-1) if has_weight else None  # type: ignore[union-attr]
                 means.append(x_mean if a is None else a * x_mean)
                 variances.append(x_var if a is None else a.square() * x_var)
-        for i, (var, eps) in enumerate(zip(variances, plan.eps)):
-            ts.append(gammas[i] * torch.rsqrt(var + eps))
-        w_eff, b_eff = _folded(kernels, ts, means, betas, plan)
+        eps = torch.tensor(plan.eps, dtype=x.dtype, device=x.device)
+        ts = torch.stack(gammas, 1) * torch.rsqrt(torch.stack(variances, 1) + eps)  # (C, terms)
+        w_eff, b_eff = _folded(kernels, stacked, ts, torch.stack(means, 1), torch.stack(betas, 1), plan)
         y = dwconv(x, w_eff, d, b_eff)
         plan.means, plan.variances, plan.count = means, variances, n
         ctx.plan = plan
-        ctx.save_for_backward(x, patches, w_eff, *[k for k in kernels if k is not None], *ts,
-                              *(t for t in (x_mean, x_var) if t is not None), *(() if gram is None else (gram,)))
+        moment_tensors = () if gram is None else (gram, stacked, sigma_w)
+        ctx.save_for_backward(x, patches, w_eff, ts, *[k for k in kernels if k is not None],
+                              *(t for t in (x_mean, x_var) if t is not None), *moment_tensors)
         return y
 
     @staticmethod
@@ -208,36 +213,39 @@ class _FastBranchSum(torch.autograd.Function):
         plan: _Plan = ctx.plan
         nk, nx = len(plan.kernel_sizes), len(plan.scaled)
         saved = ctx.saved_tensors
-        x, patches, w_eff = saved[:3]
+        x, patches, w_eff, ts_all = saved[:4]
         n_weights = nk + sum(plan.scaled)
-        weights = list(saved[3 : 3 + n_weights])
-        ts = list(saved[3 + n_weights : 3 + n_weights + nk + nx])
-        x_stats = saved[3 + n_weights + nk + nx : 3 + n_weights + nk + nx + (2 if nx else 0)]
-        gram = saved[-1] if plan.moments else None
+        weights = list(saved[4 : 4 + n_weights])
+        ts = list(ts_all.unbind(1))
+        x_stats = saved[4 + n_weights : 4 + n_weights + (2 if nx else 0)]
+        gram, stacked, sigma_w = saved[-3:] if plan.moments else (None, None, None)
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         g = g.contiguous(memory_format=fmt)
         n, d, size = plan.count, plan.dilation, plan.size
         sum_g = channel_sums(g)
-        # G = corr(x, g): one cheap 3x3 pass in moment mode; elsewhere each branch's weight
-        # gradient is one pass of its own and only G's centre tap, sum(g * x), is needed.
-        corr_g = weight_grad(x, g, size, d) if gram is not None else None
         dx = dwconv_t(g, w_eff, d)
-        const_kernel = torch.zeros_like(w_eff)
-        mix = None if gram is None else torch.zeros_like(gram)  # sum_b e_b w_b w_b^T, (C, D, D)
         grads: list[Tensor | None] = []
-        for b in range(nk):
-            w, t, shape = weights[b], ts[b], plan.kernel_sizes[b]
-            mu, var = plan.means[b], plan.variances[b]
-            inv = torch.rsqrt(var + plan.eps[b])
-            if gram is not None and mix is not None and corr_g is not None:
-                k = (w * _crop(corr_g, shape)).sum(dim=(1, 2, 3)) - mu * sum_g  # sum(g * (z - mu))
-                e = -t * inv.square() * k / n
-                c = -t * sum_g / n - e * mu
-                wv = _pad_to(w, size).flatten(1)
-                mix += e.view(-1, 1, 1) * wv.unsqueeze(2) * wv.unsqueeze(1)
-                corr_z = torch.bmm(gram, wv.unsqueeze(2)).view(w_eff.shape)  # corr(x, z_b) = Gram w_b
-                dw = _col(t) * _crop(corr_g, shape) + _col(c) * _crop(patches, shape) + _col(e) * _crop(corr_z, shape)
-            else:
+        mix = corr_g = None
+        if gram is not None and stacked is not None and sigma_w is not None:
+            # G = corr(x, g): one cheap 3x3 pass; every branch's gradient is algebra on it.
+            corr_g = weight_grad(x, g, size, d)
+            eps = torch.tensor(plan.eps[:nk], dtype=x.dtype, device=x.device)
+            bg = branch_grads(
+                stacked, ts_all[:, :nk], torch.stack(plan.means[:nk], 1), torch.stack(plan.variances[:nk], 1), eps,
+                patches.flatten(1), sigma_w, corr_g.flatten(1), sum_g, n,
+            )
+            mix, const_kernel = bg.mix, bg.const_kernel.view_as(w_eff)
+            for b, shape in enumerate(plan.kernel_sizes):
+                dw = _crop(bg.weights[:, b].view_as(w_eff), shape).contiguous()
+                grads.extend([dw, bg.gammas[:, b], sum_g])
+        else:
+            # Each branch's weight gradient is one pass of its own (5x5 and larger weight-gradient
+            # passes are expensive) and only G's centre tap, sum(g * x), is needed.
+            const_kernel = torch.zeros_like(w_eff)
+            for b in range(nk):
+                w, t, shape = weights[b], ts[b], plan.kernel_sizes[b]
+                mu, var = plan.means[b], plan.variances[b]
+                inv = torch.rsqrt(var + plan.eps[b])
                 z = dwconv(x, w, d)
                 k = channel_sums(g * z) - mu * sum_g
                 e = -t * inv.square() * k / n
@@ -246,8 +254,8 @@ class _FastBranchSum(torch.autograd.Function):
                 dz = z.mul_(_row(e)).addcmul_(g, _row(t))  # dL/dz_b less its constant c_b
                 dw = weight_grad(x, dz, shape, d) + _col(c) * _crop(patches, shape)
                 del z, dz
-            const_kernel.add_(_pad_to(w * _col(c), size))
-            grads.extend([dw, k * inv, sum_g])
+                const_kernel.add_(_pad_to(w * _col(c), size))
+                grads.extend([dw, k * inv, sum_g])
         if nx:
             ch, cw = size[0] // 2, size[1] // 2
             corr_c = corr_g[:, 0, ch, cw] if corr_g is not None else channel_sums(g * x)  # sum(g * x)
@@ -314,18 +322,21 @@ def _split(params: Sequence[Tensor | None], nk: int, nx: int) -> tuple[list[Tens
 
 
 def _folded(
-    kernels: list[Tensor | None], ts: list[Tensor], means: list[Tensor], betas: list[Tensor], plan: _Plan
+    kernels: list[Tensor | None], stacked: Tensor | None, ts: Tensor, means: Tensor, betas: Tensor, plan: _Plan
 ) -> tuple[Tensor, Tensor]:
-    """The statistics-folded kernel and bias of the whole branch sum."""
+    """The statistics-folded kernel and bias of the whole branch sum (``ts``, ``means``, ``betas``: (C, terms))."""
     nk = len(plan.kernel_sizes)
-    w_eff = ts[0].new_zeros((ts[0].shape[0], 1, *plan.size))
-    for b in range(nk):
-        w_eff = w_eff + _pad_to(kernels[b] * _col(ts[b]), plan.size)  # type: ignore[operator]
-    bias = sum(beta - t * mu for beta, t, mu in zip(betas, ts, means))
-    assert isinstance(bias, Tensor)
-    for j in range(len(ts) - nk):
+    channels = ts.shape[0]
+    if stacked is not None:
+        w_eff = torch.bmm(ts[:, None, :nk], stacked).view(channels, 1, *plan.size)
+    else:
+        w_eff = ts.new_zeros((channels, 1, *plan.size))
+        for b in range(nk):
+            w_eff = w_eff + _pad_to(kernels[b] * _col(ts[:, b]), plan.size)  # type: ignore[operator]
+    bias = (betas - ts * means).sum(1)
+    for j in range(ts.shape[1] - nk):
         a = kernels[nk + j]
-        w_eff[:, 0, plan.size[0] // 2, plan.size[1] // 2] += ts[nk + j] * (a.view(-1) if a is not None else 1.0)
+        w_eff[:, 0, plan.size[0] // 2, plan.size[1] // 2] += ts[:, nk + j] * (a.view(-1) if a is not None else 1.0)
     return w_eff, bias
 
 
@@ -348,7 +359,7 @@ def depthwise_bn_sum(
     plan = _Plan(
         kernel_sizes=tuple(shapes), scaled=tuple(t.weight is not None for t in x_terms),
         eps=tuple(t.eps for t in (*kernel_terms, *x_terms)), size=size, dilation=dilation,
-        moments=dilation == 1 and max(size) <= MOMENT_MAX_KERNEL,
+        moments=dilation == 1 and max(size) <= MOMENT_MAX_KERNEL and bool(kernel_terms),
     )
     params = [p for t in (*kernel_terms, *x_terms) for p in (t.weight, t.gamma, t.beta)]
     y = _FastBranchSum.apply(plan, x, *params)

@@ -14,7 +14,7 @@ from dscnn.blocks.branch_conv import BranchConv
 from dscnn.blocks.depthwise_ops import weight_grad
 from dscnn.blocks.fast_branch import branch_impl
 from dscnn.blocks.fast_pointwise import applies_pointwise
-from dscnn.blocks.patch_moments import autocorrelation, border_lines
+from dscnn.blocks.patch_moments import autocorrelation, border_lines, line_lags
 from dscnn.blocks.refco import RefCO
 from tests.dscnn.test_fast_branch import _random_affine, _rel, _step, assert_fast_matches_reference
 
@@ -79,6 +79,16 @@ def test_autocorrelation_from_three_3x3_passes(hw: tuple[int, int]) -> None:
     lags = [weight_grad(line, line, (1, 5) if axis == 0 else (5, 1), 1).flatten(1) for axis, _, line, _ in lines]
     expected = weight_grad(x, x, (5, 5), 1)[:, 0]
     assert torch.allclose(autocorrelation(x, lags), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 6])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_line_lags_match_the_weight_gradient_pass(axis: int, length: int) -> None:
+    shape = (3, 4, 1, length) if axis == 0 else (3, 4, length, 1)
+    line = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    kernel = (1, 5) if axis == 0 else (5, 1)
+    expected = weight_grad(line, line, kernel, 1).flatten(1)
+    assert torch.allclose(line_lags(line, axis, 2), expected, rtol=0, atol=1e-12)
 
 
 MOMENT_SETS = ["3x3*3,1x3,3x1,1x1,id", "1x3", "3x1,1x1", "1x3,3x1,id", "3x3", "1x1,id"]
