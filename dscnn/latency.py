@@ -19,7 +19,6 @@ allocator's ``max_memory_allocated``; the CPU has no per-model counter, so it is
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
 import statistics
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from dscnn import machine_load
+from dscnn.allocator import pin_malloc
 from dscnn.machine_load import LoadProbe, LoadReading
 from dscnn.runtimes import RuntimeInfo, RuntimeUnavailable, check_runtime, get_runtime, validate_runtime_name
 
@@ -153,21 +153,6 @@ def require_device(device: str) -> None:
 
 
 @functools.cache
-def pin_malloc() -> bool:
-    """Keep freed blocks of up to 32 MB on glibc's heap; False where libc is not glibc.
-
-    Without this, glibc returns large activation buffers to the OS after every forward pass and
-    page-faults them back in on the next one, so the same graph timed in two processes can differ
-    by 2-4x depending on heap history. Applied once per process, before any CPU timing.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter codes
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
-
-
 def measure_latency_ms(model: nn.Module, settings: LatencySettings, *, load_probe: LoadProbe | None = None) -> LatencyResult:
     """Time ``model`` (a copy of it: the caller's module is not moved or cast) under ``settings``.
 

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor, nn
 
+from dscnn.allocator import pin_malloc
 from dscnn.blocks.fast_branch import BRANCH_IMPLS, branch_impl
 from dscnn.data import ImageDataset
 from dscnn.data.augment import prepare_batch, random_crop_flip
@@ -146,6 +147,8 @@ def train_and_evaluate(
             edit gradients: pruning's regularizers).
     """
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        pin_malloc()  # else every step page-faults its activations back in (see `dscnn.allocator`)
     if config.train_form == "online":
         to_online(model)
     run = _Run(model.to(device), data.to(device), config, param_groups, after_backward)

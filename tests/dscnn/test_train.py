@@ -55,6 +55,31 @@ def test_trains_reports_each_epoch_and_learns(data: ImageDataset) -> None:
     assert result.to_dict()["final_accuracy"] == result.val_accuracies[-1]
 
 
+def test_cpu_training_keeps_activation_buffers_on_the_heap(data: ImageDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training on the CPU pins glibc's malloc thresholds first (`dscnn.allocator`, issue 12)."""
+    import dscnn.train
+
+    calls: list[bool] = []
+
+    def spy() -> bool:
+        calls.append(True)
+        return True
+
+    monkeypatch.setattr(dscnn.train, "pin_malloc", spy)
+    train_and_evaluate(TinyNet(), data, TrainConfig(epochs=1, batch_size=64, lr=0.05))
+    assert calls == [True]
+
+
+def test_pin_malloc_takes_on_glibc() -> None:
+    import platform
+
+    from dscnn.allocator import pin_malloc
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert pin_malloc() is True and pin_malloc() is True  # idempotent
+
+
 def test_deterministic_on_cpu(data: ImageDataset) -> None:
     config = TrainConfig(epochs=1, batch_size=64, lr=0.05)
     first, second = (train_and_evaluate(TinyNet(), data, config) for _ in range(2))
