@@ -16,13 +16,29 @@ each form per round, in turn, so machine drift hits all of them alike; median ov
 
 Each row records the machine load over its timed rounds (`dscnn.machine_load`: other processes'
 share of the machine and the timing thread's CPU share; ``busy`` marks a row not to trust) and
-the 1-minute load average; the JSON is rewritten after every row.
+the 1-minute load average; the JSON is rewritten after every row, ``complete`` once every row of
+the grid is there and none failed.
 
 Memory is the activation memory saved for backward in one step (the tensors autograd keeps, each
-storage counted once), a device-independent proxy for training memory.
+storage counted once), a device-independent proxy for training memory; ``peak_rss_mb`` is the
+measuring process's peak resident memory (with ``--in-process``: the whole run's peak so far).
+
+Each row is measured in its own child process (this script with the hidden ``--one-row``), so one
+row's memory cannot pile up into the next (the full grid in one process was OOM-killed at 24 GiB
+RSS on dscnn_t1, each row alone peaking at 1.4-2.7 GiB) and a row that dies does not end the run.
+The parent polls the child's RSS every 0.1 s and kills it past ``--max-rss-gb`` (an RSS cap, not
+RLIMIT_AS: torch reserves address space far beyond what it touches, measured 3.5 GB of it for
+0.7 GB resident on a tiny resnet20 row, and CUDA's context reserves far more). A row that fails
+(killed, MemoryError, any non-zero exit) is recorded as ``{"model", "resolution", "batch",
+"threads", "device", "failed": "<one-line reason>"}``, printed as a failed row, and makes the exit
+status 1 once the other rows are done.
+``--in-process`` measures every row in this process instead (debugging: a failure raises).
+``--resume`` keeps the rows of ``--out`` with the same model, resolution, batch, threads and
+device that did not fail, measures the rest, and refuses a file made with other ``--rounds`` or
+``--memory-format``. Bad settings fail before any measuring, with one line and exit status 2.
 
     flock /tmp/repnas-cpu-bench.lock .venv/bin/python benchmarks/train_throughput.py --quick
-    flock /tmp/repnas-cpu-bench.lock .venv/bin/python benchmarks/train_throughput.py   # full grid
+    flock /tmp/repnas-cpu-bench.lock .venv/bin/python benchmarks/train_throughput.py --resume   # full grid
 """
 
 from __future__ import annotations
@@ -31,19 +47,24 @@ import argparse
 import copy
 import json
 import os
+import resource
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
 from plain_twin import plain_twin
 from torch import nn
 
-from dscnn import create_model, deploy_copy
+from dscnn import create_model, deploy_copy, list_models
 from dscnn.blocks.fast_branch import branch_impl
 from dscnn.environment import environment
 from dscnn.latency import pin_malloc
@@ -54,6 +75,8 @@ from dscnn.online import to_online
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 MODELS = ("dscnn_t0", "dscnn_t1", "falconnet", "repvgg_a0", "fasternet_t0", "resnet20")
 FORMS = ("reference", "reference_fmt", "default", "online", "plain")
+KEY = ("model", "resolution", "batch", "threads", "device")  # what makes two rows the same row (--resume)
+RSS_POLL_S = 0.1  # how often the parent reads a child's RSS
 
 
 def _forms(name: str, resolution: int, fmt: torch.memory_format, device: str) -> dict[str, tuple[nn.Module, str]]:
@@ -146,14 +169,92 @@ def measure(
     }
 
 
+@dataclass(frozen=True)
+class Point:
+    """One row of the grid."""
+
+    model: str  # registry name
+    resolution: int  # input side, px
+    batch: int  # images per step
+    threads: int  # torch intra-op threads
+
+    def label(self) -> str:
+        return f"{self.model} {self.resolution} px batch {self.batch} {self.threads} thr"
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row.get(k) for k in KEY)
+
+
+def measure_row(point: Point, rounds: int, device: str, memory_format: str) -> dict[str, Any]:
+    """`measure` plus this process's peak RSS (Linux reports ru_maxrss in KiB)."""
+    row = measure(point.model, point.resolution, point.batch, point.threads, rounds, device, memory_format)
+    return {**row, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _rss_gb(pid: int) -> float:
+    """Resident memory of process ``pid`` (0 where /proc cannot tell: not Linux, or already gone)."""
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
+def _watch(proc: subprocess.Popen[bytes], max_rss_gb: float) -> float | None:
+    """Wait for ``proc``, killing it once its RSS passes ``max_rss_gb``; the RSS it was killed at, or None."""
+    while True:
+        try:
+            proc.wait(timeout=RSS_POLL_S)
+            return None
+        except subprocess.TimeoutExpired:
+            rss_gb = _rss_gb(proc.pid)
+        if rss_gb > max_rss_gb:
+            proc.kill()
+            proc.wait()
+            return rss_gb
+
+
+def _failure(returncode: int, stderr: str, killed_at_gb: float | None, max_rss_gb: float) -> str:
+    if killed_at_gb is not None:
+        return f"killed at {killed_at_gb:.2f} GB RSS (--max-rss-gb {max_rss_gb:g})"
+    if returncode < 0:  # SIGKILL from outside: most likely the kernel's OOM killer
+        return f"killed by {signal.Signals(-returncode).name}"
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "no error output")
+    return f"exit {returncode}: {last[:300]}" if returncode else "exited without writing its row"
+
+
+def measure_in_child(point: Point, a: argparse.Namespace) -> dict[str, Any]:
+    """`measure_row` in a fresh process of this script; a row that dies comes back with ``failed``."""
+    with tempfile.TemporaryDirectory(prefix="train_throughput-") as tmp:
+        row_file, err_file = Path(tmp) / "row.json", Path(tmp) / "stderr.txt"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one-row", json.dumps(asdict(point)),
+               "--row-out", str(row_file), "--rounds", str(a.rounds), "--device", a.device,
+               "--memory-format", a.memory_format]
+        with err_file.open("wb") as err:  # a file, not a pipe: the parent is busy polling, not reading
+            proc = subprocess.Popen(cmd, stderr=err)
+            killed_at_gb = _watch(proc, a.max_rss_gb)
+        stderr = err_file.read_text(errors="replace")
+        sys.stderr.write(stderr)  # the child's warnings and traceback, not swallowed
+        if proc.returncode == 0 and killed_at_gb is None and row_file.is_file():
+            row: dict[str, Any] = json.loads(row_file.read_text())
+            return row
+    return {**asdict(point), "device": a.device,
+            "failed": _failure(proc.returncode, stderr, killed_at_gb, a.max_rss_gb)}
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ("| model | res | batch | thr | fmt | " + " | ".join(f"{f} img/s" for f in FORMS)
             + " | default/ref | default/plain | online/plain | mem ref / default / online / plain (MB) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        start = f"| {r['model']} | {r['resolution']} | {r['batch']} | {r['threads']} | "
+        if "failed" in r:
+            lines.append(start + f"failed: {r['failed'].replace('|', '/')} |")
+            continue
         ips, mem = r["images_per_s"], r["saved_activation_mb"]
         lines.append(
-            f"| {r['model']} | {r['resolution']} | {r['batch']} | {r['threads']} | {r['memory_format']} | "
+            start + f"{r['memory_format']} | "
             + " | ".join(f"{ips[f]:.1f}" for f in FORMS)
             + f" | {r['default_vs_reference']:.2f}x | {r['default_vs_plain']:.2f}x | {r['online_vs_plain']:.2f}x"
             + f" | {mem['reference']:.0f} / {mem['default']:.0f} / {mem['online']:.0f} / {mem['plain']:.0f} |"
@@ -161,41 +262,132 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--resolutions", default="32,64")
-    p.add_argument("--batches", default="64,128")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--rounds", type=int, default=5, help="timed steps per form (median)")
+def _fail(message: str) -> NoReturn:
+    """Bad input: one line and exit status 2, as argparse's own errors."""
+    print(f"train_throughput.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage block
+        _fail(message)
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not positive")
+        return value
+
+    return parse
+
+
+def _positive_ints(text: str) -> list[int]:
+    return [_positive(int)(v.strip()) for v in text.split(",")]
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",")]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=_names, default=",".join(MODELS))
+    p.add_argument("--resolutions", type=_positive_ints, default="32,64")
+    p.add_argument("--batches", type=_positive_ints, default="64,128")
+    p.add_argument("--threads", type=_positive_ints, default="1,2")
+    p.add_argument("--rounds", type=_positive(int), default=5, help="timed steps per form (median)")
     p.add_argument("--quick", action="store_true", help="dscnn_t0 and resnet20, 32 px, batch 64, 1 thread, 3 rounds")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--memory-format", default="auto", choices=("auto", "channels_last", "contiguous"),
                    help="format of every form but 'reference' (auto = dscnn.memory_format's probe, which a busy "
                         "machine can mislead)")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--resume", action="store_true", help="keep the rows of --out already measured (not failed)")
+    p.add_argument("--in-process", action="store_true", help="measure every row in this process (debugging)")
+    p.add_argument("--max-rss-gb", type=_positive(float), default=16.0,
+                   help="kill a row's process past this resident memory (default 16; one row peaks at 1.4-2.7 GiB)")
+    p.add_argument("--one-row", help=argparse.SUPPRESS)  # child mode: one Point as JSON ...
+    p.add_argument("--row-out", help=argparse.SUPPRESS)  # ... whose row is written here
     a = p.parse_args(argv)
     if a.quick:
-        a.models, a.resolutions, a.batches, a.threads, a.rounds = "dscnn_t0,resnet20", "32", "64", "1", 3
-    pin_malloc()
-    grid = [(m, int(r), int(b), int(t)) for t in a.threads.split(",") for m in a.models.split(",")
-            for r in a.resolutions.split(",") for b in a.batches.split(",")]
-    load_before = os.getloadavg()
-    rows: list[dict[str, Any]] = []
+        a.models, a.resolutions, a.batches, a.threads, a.rounds = ["dscnn_t0", "resnet20"], [32], [64], [1], 3
+    unknown = [m for m in a.models if m not in list_models()]
+    if unknown:
+        p.error(f"unknown model {unknown[0]!r}; valid models: {', '.join(list_models())}")
+    if a.device.split(":")[0] not in ("cpu", "cuda"):
+        p.error(f"--device must be cpu or cuda, not {a.device!r}")
+    return a
+
+
+def _earlier(a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """--resume: the document in ``out`` (empty without --resume or a file); one line and exit 2 if it does not fit."""
+    if not a.resume or not out.is_file():
+        return {}
+    try:
+        doc: dict[str, Any] = json.loads(out.read_text())
+        rows = doc["results"]
+    except (ValueError, KeyError, TypeError):
+        _fail(f"{out} is not this script's JSON: drop --resume or use another --out")
+    for setting, default in (("rounds", 5), ("memory_format", "auto")):
+        if doc.get(setting, default) != getattr(a, setting):
+            _fail(f"{out} was made with {setting} {doc.get(setting, default)}, not {getattr(a, setting)}: "
+                  "drop --resume or use another --out")
+    return {**doc, "results": rows}
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+
+
+def run(a: argparse.Namespace, command: str) -> int:
+    """Measure the grid, row by row, rewriting ``a.out`` after each; 1 if any row of the grid failed."""
+    grid = [Point(m, r, b, t) for t in a.threads for m in a.models for r in a.resolutions for b in a.batches]
+    keys = [(*asdict(p).values(), a.device) for p in grid]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    env = environment(a.device, int(a.threads.split(",")[0]))
-    for m, r, b, t in grid:
-        rows.append(measure(m, r, b, t, a.rounds, a.device, a.memory_format))
-        print(_table(rows[-1:]).splitlines()[-1], f"(load: {rows[-1]['machine_load']['describe']})", flush=True)
-        # written after every row, so a run stopped by a timeout keeps what it measured
-        doc = {"command": command, "rounds": a.rounds, "complete": len(rows) == len(grid),
-               "load_average_before": load_before, "load_average_after": os.getloadavg(),
-               "environment": env, "results": rows}
-        out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(_table(rows))
-    return 0
+    earlier = _earlier(a, out)
+    rows = {_key(r): r for r in earlier.get("results", [])}  # --resume: every earlier row stays in the file
+    todo = [k for k in keys if k not in rows or "failed" in rows[k]]
+    runs = [*earlier.get("earlier_runs", []), *([{k: earlier.get(k) for k in ("command", "environment")}] if earlier else [])]
+    load_before, env = os.getloadavg(), environment(a.device, a.threads[0])
+    row_s: list[float] = []
+    for i, (point, key) in enumerate(zip(grid, keys), 1):
+        if key not in todo:
+            print(f"[{i}/{len(grid)}] {point.label()}: kept from {out} (--resume)", flush=True)
+            continue
+        eta = _mmss(statistics.mean(row_s) * (len(todo) - len(row_s))) if row_s else "--:--"
+        print(f"[{i}/{len(grid)}] {point.label()} ... ETA {eta}", flush=True)
+        t0 = time.perf_counter()
+        row = (measure_row(point, a.rounds, a.device, a.memory_format) if a.in_process else measure_in_child(point, a))
+        row_s.append(time.perf_counter() - t0)
+        rows[key] = row
+        load = [] if "failed" in row else [f"(load: {row['machine_load']['describe']})"]
+        print(_table([row]).splitlines()[-1], *load, flush=True)
+        # written after every row, so a run stopped by a timeout or a crash keeps what it measured
+        doc = {"command": command, "rounds": a.rounds, "memory_format": a.memory_format,
+               "complete": all(k in rows and "failed" not in rows[k] for k in keys),
+               "load_average_before": load_before, "load_average_after": os.getloadavg(), "environment": env,
+               **({"earlier_runs": runs} if runs else {}), "results": list(rows.values())}
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, out)  # a kill mid-write leaves the previous file whole
+    print(_table([rows[k] for k in keys]))
+    return 1 if any("failed" in rows[k] for k in keys) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    pin_malloc()
+    if a.one_row:  # child mode (see measure_in_child)
+        row = measure_row(Point(**json.loads(a.one_row)), a.rounds, a.device, a.memory_format)
+        Path(a.row_out).write_text(json.dumps(row))
+        return 0
+    return run(a, "benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
 
 if __name__ == "__main__":
