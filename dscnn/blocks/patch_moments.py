@@ -6,7 +6,7 @@ needs no pass per branch. Every kernel branch is ``z_b = w_b . patch(x)``, so wi
 and ``corr(x, z_b) = Sigma w_b`` (weight gradient) need no pass, and ``sum_b conv^T(z_b, e_b w_b)``
 is ONE 5x5 depthwise conv of x with the kernel collected from ``sum_b e_b w_b w_b^T``, exact up to
 terms on the border lines that go through the zero-padded intermediate (subtracted as 1D convs of
-those lines). Sigma is the 5x5 autocorrelation of x (three 3x3 weight-gradient passes: oneDNN's
+those lines). Sigma is the 5x5 autocorrelation of x (two 3x3 weight-gradient passes: oneDNN's
 5x5 one is ~9x slower) minus the same border terms. Measured on one RepSO at 64 ch, 32x32, batch
 64, channels_last, 1 thread (busy machine): reference 420 ms, per-branch fast path 270 ms, moment
 mode 93 ms per forward + backward.
@@ -101,15 +101,15 @@ def autocorrelation(x: Tensor, lags: list[Tensor]) -> Tensor:
     """``A[c, 2 + a, 2 + b] = sum_q x(q) x(q + (a, b))`` for |a|, |b| <= 2 (zero padding): (C, 5, 5).
 
     oneDNN's depthwise weight gradient is fast for an undilated 3x3 kernel only (5x5: ~9x slower
-    here), so A comes from three 3x3 ones: ``corr(x, x)`` gives the lags in [-1, 1]^2, and
-    ``corr(x, x(. + s))`` for s = (1, 1) and (1, -1) the lags ``delta' - s`` (plus the terms of the
-    border line that the shifted copy cut off: the rows' and columns' own 1D lags, ``lags`` in
-    `border_lines` order: top, bottom, left, right); the rest by symmetry ``A(-d) = A(d)``.
+    here), so A comes from two 3x3 ones: ``corr(x, x(. + s))`` for s = (1, 1) and (1, -1) gives the
+    lags ``delta' - s`` for delta' in [-1, 1]^2 (plus the terms of the border line that the shifted
+    copy cut off: the rows' and columns' own 1D lags, ``lags`` in `border_lines` order: top,
+    bottom, left, right), i.e. every lag with a row offset in [-2, 0]; the rest by symmetry
+    ``A(-d) = A(d)``.
     """
     h, w = x.shape[2], x.shape[3]
     top, _, left, right = lags
     auto = x.new_empty((x.shape[1], 5, 5))
-    auto[:, 1:4, 1:4] = weight_grad(x, x, (3, 3), 1)[:, 0]
     for sc, side, col in ((1, left, 0), (-1, right, w - 1)):
         shifted = torch.empty_like(x)  # shifted(p) = x(p + (1, sc)), zero outside
         shifted[:, :, h - 1 :].zero_()

@@ -73,7 +73,7 @@ def test_refco_whole_in_both_formats(fmt: str) -> None:
 
 
 @pytest.mark.parametrize("hw", [(1, 2), (2, 1), (2, 2), (3, 5), (6, 4)])
-def test_autocorrelation_from_three_3x3_passes(hw: tuple[int, int]) -> None:
+def test_autocorrelation_from_two_shifted_3x3_passes(hw: tuple[int, int]) -> None:
     x = torch.randn(3, 4, *hw, dtype=torch.float64)
     lines = border_lines(x, (3, 3))
     lags = [weight_grad(line, line, (1, 5) if axis == 0 else (5, 1), 1).flatten(1) for axis, _, line, _ in lines]
