@@ -48,9 +48,28 @@ def update_running_stats(bns: Sequence[nn.BatchNorm2d], means: Sequence[Tensor],
                          n: int) -> None:
     """Exactly what ``nn.BatchNorm2d.forward`` does in training mode with the given batch statistics
     (``variances`` biased, over ``n`` values per channel)."""
-    for bn, mean, var in zip(bns, means, variances):
+    tracked, running_means, running_vars = [], [], []
+    for bn in bns:
         assert bn.num_batches_tracked is not None and bn.running_mean is not None and bn.running_var is not None
-        bn.num_batches_tracked.add_(1)
-        m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        bn.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-        bn.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+        tracked.append(bn.num_batches_tracked)
+        running_means.append(bn.running_mean)
+        running_vars.append(bn.running_var)
+    torch._foreach_add_(tracked, 1)
+    factors = [1.0 / float(t) if bn.momentum is None else bn.momentum for bn, t in zip(bns, tracked)]
+    if len(set(factors)) != 1:  # mixed momenta: one BN at a time
+        for i, m in enumerate(factors):
+            _blend(running_means[i : i + 1], means[i : i + 1], m, 1.0)
+            _blend(running_vars[i : i + 1], variances[i : i + 1], m, n / (n - 1))
+        return
+    # one foreach op per statistic for all BNs: a block's 5-9 BNs cost ~50 small ops one by one
+    _blend(running_means, means, factors[0], 1.0)
+    _blend(running_vars, variances, factors[0], n / (n - 1))
+
+
+def _blend(running: list[Tensor], batch: Sequence[Tensor], momentum: float, scale: float) -> None:
+    """``running = (1 - m) running + m * scale * batch``, as BatchNorm2d's own update does it."""
+    values = [b.detach() for b in batch]
+    if scale != 1.0:
+        values = list(torch._foreach_mul(values, scale))
+    torch._foreach_mul_(running, 1 - momentum)
+    torch._foreach_add_(running, values, alpha=momentum)

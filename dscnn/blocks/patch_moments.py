@@ -18,6 +18,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dscnn.blocks.depthwise_ops import dwconv, weight_grad
@@ -39,8 +40,7 @@ class _Geometry:
     pairs: Tensor  # (D*D,): flat index of the lag d_j - d_i of tap pair (i, j) in the (4rh+1, 4rw+1) grid
     lines: tuple[tuple[Tensor, Tensor], ...]  # per border line (`border_lines` order): the tap pairs
     # that both reach it from the padding ring (flat, in D*D), and their lag along the line (1D index)
-    corner_pairs: Tensor  # (4,) or (0,): flat D*D index of the diagonal pair of each corner's tap
-    corner_list: tuple[int, ...]  # the same, as ints (no device round trip)
+    corner_list: tuple[int, ...]  # flat D*D index of the diagonal pair of each corner's tap (`corners` order)
 
 
 @functools.lru_cache(maxsize=64)
@@ -56,8 +56,7 @@ def _geometry(size: tuple[int, int], device: torch.device) -> _Geometry:
         mask = ((offsets.view(-1, 1) == sign) & (offsets.view(1, -1) == sign)).flatten()
         lines.append((mask.nonzero().flatten(), along.flatten()[mask]))
     taps = [(sr + rh) * size[1] + (sc + rw) for sr, sc in ((1, 1), (1, -1), (-1, 1), (-1, -1))] if rh and rw else []
-    corner_pairs = torch.tensor([t * d + t for t in taps], dtype=torch.long, device=device)
-    return _Geometry(pairs, tuple(lines), corner_pairs, tuple(t * d + t for t in taps))
+    return _Geometry(pairs, tuple(lines), tuple(t * d + t for t in taps))
 
 
 def border_lines(x: Tensor, size: tuple[int, int]) -> list[tuple[int, int, Tensor, tuple[int, int]]]:
@@ -85,16 +84,18 @@ def line_lags(line: Tensor, axis: int, reach: int) -> Tensor:
 
     ``line`` is a (N, C, 1, W) row (axis 0) or (N, C, H, 1) column (axis 1). Products of shifted
     slices, not a weight-gradient pass: oneDNN's 1x5 weight gradient of one line costs more than
-    its 3x3 one of the whole tensor (0.8 vs 0.54 ms at 320 ch, 8x8, batch 64, measured here).
+    its 3x3 one of the whole tensor (0.8 vs 0.54 ms at 320 ch, 8x8, batch 64, measured here). One
+    line at a time: batching the two rows into one (N, C, 2, W) product reduced over (N, W) was
+    5-10x slower than these reductions to channels (measured).
     """
     dim = 3 if axis == 0 else 2
     length = line.shape[dim]
-    lags = line.new_zeros((line.shape[1], 2 * reach + 1))
-    for d in range(min(reach, length - 1) + 1):
-        value = (line.narrow(dim, 0, length - d) * line.narrow(dim, d, length - d)).sum(dim=(0, 2, 3))
-        lags[:, reach + d] = value
-        lags[:, reach - d] = value
-    return lags
+    products = [(line.narrow(dim, 0, length - d) * line.narrow(dim, d, length - d)).sum(dim=(0, 2, 3))
+                for d in range(min(reach, length - 1) + 1)]
+    half = torch.stack(products, 1)  # d = 0, 1, ...
+    if len(products) <= reach:  # lags beyond the line's length are zero
+        half = F.pad(half, (0, reach + 1 - len(products)))
+    return torch.cat([half[:, 1:].flip(1), half], 1)
 
 
 def autocorrelation(x: Tensor, lags: list[Tensor]) -> Tensor:
@@ -144,10 +145,8 @@ def patch_gram(x: Tensor, size: tuple[int, int]) -> Tensor:
     gram = auto.flatten(1)[:, geo.pairs]  # (C, D*D)
     for (pairs, along), lag in zip(geo.lines, lags):
         gram.index_add_(1, pairs, lag[:, along], alpha=-1)
-    if geo.corner_pairs.numel():
-        h, w = x.shape[2] - 1, x.shape[3] - 1
-        corner_values = x[:, :, [0, 0, h, h], [0, w, 0, w]].square().sum(0)  # (C, 4), `corners` order
-        gram.index_add_(1, geo.corner_pairs, corner_values)
+    for (r, c, _, _), pair in zip(corners(x, size), geo.corner_list):  # one by one: a gather was 2-10x slower
+        gram[:, pair] += x[:, :, r, c].square().sum(0)
     d = size[0] * size[1]
     return gram.view(-1, d, d)
 
@@ -189,6 +188,7 @@ def moment_mix(x: Tensor, mix: Tensor, size: tuple[int, int], bias: Tensor | Non
             out[:, :, r0 : r0 + 1, :] -= dwconv(line, k.view(channels, 1, 1, kw), 1)
         else:
             out[:, :, :, c0 : c0 + 1] -= dwconv(line, k.view(channels, 1, kh, 1), 1)
+    # one pixel at a time: an accumulating index_put_ of the four was 5-13x slower (measured)
     for (r, c, _, _), pair in zip(corners(x, size), geo.corner_list):
         out[:, :, r, c] += flat[:, pair] * x[:, :, r, c]
     return out

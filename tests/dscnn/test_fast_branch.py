@@ -121,6 +121,21 @@ def test_two_steps_and_momentum_none() -> None:
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
 
 
+def test_mixed_momenta_update_each_bn_with_its_own() -> None:
+    torch.manual_seed(0)
+    block = RepASO(4, "3x3,1x3,1x1,id")
+    bns = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn, momentum in zip(bns, (0.1, 0.3, None, 0.05)):
+        bn.momentum = momentum
+    fast, ref = copy.deepcopy(block), copy.deepcopy(block)
+    for i in range(2):
+        x = torch.randn(2, 4, 5, 5, dtype=torch.float64) + i
+        _step(fast.double(), x, torch.randn(2, 4, 5, 5, dtype=torch.float64), "fast")
+        _step(ref.double(), x, torch.randn(2, 4, 5, 5, dtype=torch.float64), "reference")
+    for (name, a), b in zip(fast.named_buffers(), ref.buffers()):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name
+
+
 @pytest.mark.parametrize("make", [lambda: RepVGGBlock(4, 4), lambda: RepASO(4, "J", stride=2),
                                   lambda: ACBlock(4, 6, 3)])
 def test_out_of_scope_blocks_take_the_reference_path(make) -> None:  # type: ignore[no-untyped-def]
