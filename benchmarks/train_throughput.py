@@ -23,9 +23,10 @@ Memory is the activation memory saved for backward in one step (the tensors auto
 storage counted once), a device-independent proxy for training memory; ``peak_rss_mb`` is the
 measuring process's peak resident memory (with ``--in-process``: the whole run's peak so far).
 
-Each row is measured in its own child process (this script with the hidden ``--one-row``), so one
-row's memory cannot pile up into the next (the full grid in one process was OOM-killed at 24 GiB
-RSS on dscnn_t1, each row alone peaking at 1.4-2.7 GiB) and a row that dies does not end the run.
+Each row is measured in its own child process (this script with the hidden ``--one-row``, run by
+``row_runner.py``), so one row's memory cannot pile up into the next (the full grid in one process
+was OOM-killed at 24 GiB RSS on dscnn_t1, each row alone peaking at 1.4-2.7 GiB) and a row that
+dies does not end the run.
 The parent polls the child's RSS every 0.1 s and kills it past ``--max-rss-gb`` (an RSS cap, not
 RLIMIT_AS: torch reserves address space far beyond what it touches, measured 3.5 GB of it for
 0.7 GB resident on a tiny resnet20 row, and CUDA's context reserves far more). A row that fails
@@ -33,9 +34,9 @@ RLIMIT_AS: torch reserves address space far beyond what it touches, measured 3.5
 "threads", "device", "failed": "<one-line reason>"}``, printed as a failed row, and makes the exit
 status 1 once the other rows are done.
 ``--in-process`` measures every row in this process instead (debugging: a failure raises).
-``--resume`` keeps the rows of ``--out`` with the same model, resolution, batch, threads and
-device that did not fail, measures the rest, and refuses a file made with other ``--rounds`` or
-``--memory-format``. Bad settings fail before any measuring, with one line and exit status 2.
+``--resume`` (``resumable_results.py``) keeps the rows of ``--out`` with the same model,
+resolution, batch, threads and device that did not fail, measures the rest, and refuses a file made
+with other ``--rounds`` or ``--memory-format``. Bad settings fail before any measuring, with one line and exit status 2.
 
     flock /tmp/repnas-cpu-bench.lock .venv/bin/python benchmarks/train_throughput.py --quick
     flock /tmp/repnas-cpu-bench.lock .venv/bin/python benchmarks/train_throughput.py --resume   # full grid
@@ -47,12 +48,8 @@ import argparse
 import copy
 import json
 import os
-import resource
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -62,6 +59,8 @@ from typing import Any, NoReturn
 import torch
 import torch.nn.functional as F
 from plain_twin import plain_twin
+from resumable_results import ResumableResults, ResumeMismatch
+from row_runner import peak_rss_mb, run_in_child, write_row
 from torch import nn
 
 from dscnn import create_model, deploy_copy, list_models
@@ -76,7 +75,6 @@ RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 MODELS = ("dscnn_t0", "dscnn_t1", "falconnet", "repvgg_a0", "fasternet_t0", "resnet20")
 FORMS = ("reference", "reference_fmt", "default", "online", "plain")
 KEY = ("model", "resolution", "batch", "threads", "device")  # what makes two rows the same row (--resume)
-RSS_POLL_S = 0.1  # how often the parent reads a child's RSS
 
 
 def _forms(name: str, resolution: int, fmt: torch.memory_format, device: str) -> dict[str, tuple[nn.Module, str]]:
@@ -182,65 +180,21 @@ class Point:
         return f"{self.model} {self.resolution} px batch {self.batch} {self.threads} thr"
 
 
-def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(row.get(k) for k in KEY)
-
-
 def measure_row(point: Point, rounds: int, device: str, memory_format: str) -> dict[str, Any]:
-    """`measure` plus this process's peak RSS (Linux reports ru_maxrss in KiB)."""
+    """`measure` plus this process's peak RSS."""
     row = measure(point.model, point.resolution, point.batch, point.threads, rounds, device, memory_format)
-    return {**row, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def _rss_gb(pid: int) -> float:
-    """Resident memory of process ``pid`` (0 where /proc cannot tell: not Linux, or already gone)."""
-    try:
-        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
-
-
-def _watch(proc: subprocess.Popen[bytes], max_rss_gb: float) -> float | None:
-    """Wait for ``proc``, killing it once its RSS passes ``max_rss_gb``; the RSS it was killed at, or None."""
-    while True:
-        try:
-            proc.wait(timeout=RSS_POLL_S)
-            return None
-        except subprocess.TimeoutExpired:
-            rss_gb = _rss_gb(proc.pid)
-        if rss_gb > max_rss_gb:
-            proc.kill()
-            proc.wait()
-            return rss_gb
-
-
-def _failure(returncode: int, stderr: str, killed_at_gb: float | None, max_rss_gb: float) -> str:
-    if killed_at_gb is not None:
-        return f"killed at {killed_at_gb:.2f} GB RSS (--max-rss-gb {max_rss_gb:g})"
-    if returncode < 0:  # SIGKILL from outside: most likely the kernel's OOM killer
-        return f"killed by {signal.Signals(-returncode).name}"
-    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "no error output")
-    return f"exit {returncode}: {last[:300]}" if returncode else "exited without writing its row"
+    return {**row, "peak_rss_mb": peak_rss_mb()}
 
 
 def measure_in_child(point: Point, a: argparse.Namespace) -> dict[str, Any]:
     """`measure_row` in a fresh process of this script; a row that dies comes back with ``failed``."""
-    with tempfile.TemporaryDirectory(prefix="train_throughput-") as tmp:
-        row_file, err_file = Path(tmp) / "row.json", Path(tmp) / "stderr.txt"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--one-row", json.dumps(asdict(point)),
-               "--row-out", str(row_file), "--rounds", str(a.rounds), "--device", a.device,
-               "--memory-format", a.memory_format]
-        with err_file.open("wb") as err:  # a file, not a pipe: the parent is busy polling, not reading
-            proc = subprocess.Popen(cmd, stderr=err)
-            killed_at_gb = _watch(proc, a.max_rss_gb)
-        stderr = err_file.read_text(errors="replace")
-        sys.stderr.write(stderr)  # the child's warnings and traceback, not swallowed
-        if proc.returncode == 0 and killed_at_gb is None and row_file.is_file():
-            row: dict[str, Any] = json.loads(row_file.read_text())
-            return row
-    return {**asdict(point), "device": a.device,
-            "failed": _failure(proc.returncode, stderr, killed_at_gb, a.max_rss_gb)}
+    def command(row_file: Path) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "--one-row", json.dumps(asdict(point)),
+                "--row-out", str(row_file), "--rounds", str(a.rounds), "--device", a.device,
+                "--memory-format", a.memory_format]
+
+    row = run_in_child(command, a.max_rss_gb)
+    return row if isinstance(row, dict) else {**asdict(point), "device": a.device, "failed": row}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -324,22 +278,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def _earlier(a: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """--resume: the document in ``out`` (empty without --resume or a file); one line and exit 2 if it does not fit."""
-    if not a.resume or not out.is_file():
-        return {}
-    try:
-        doc: dict[str, Any] = json.loads(out.read_text())
-        rows = doc["results"]
-    except (ValueError, KeyError, TypeError):
-        _fail(f"{out} is not this script's JSON: drop --resume or use another --out")
-    for setting, default in (("rounds", 5), ("memory_format", "auto")):
-        if doc.get(setting, default) != getattr(a, setting):
-            _fail(f"{out} was made with {setting} {doc.get(setting, default)}, not {getattr(a, setting)}: "
-                  "drop --resume or use another --out")
-    return {**doc, "results": rows}
-
-
 def _mmss(seconds: float) -> str:
     return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
 
@@ -347,45 +285,39 @@ def _mmss(seconds: float) -> str:
 def run(a: argparse.Namespace, command: str) -> int:
     """Measure the grid, row by row, rewriting ``a.out`` after each; 1 if any row of the grid failed."""
     grid = [Point(m, r, b, t) for t in a.threads for m in a.models for r in a.resolutions for b in a.batches]
-    keys = [(*asdict(p).values(), a.device) for p in grid]
+    keys = [{**asdict(p), "device": a.device} for p in grid]  # the KEY fields of each point's row
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    earlier = _earlier(a, out)
-    rows = {_key(r): r for r in earlier.get("results", [])}  # --resume: every earlier row stays in the file
-    todo = [k for k in keys if k not in rows or "failed" in rows[k]]
-    runs = [*earlier.get("earlier_runs", []), *([{k: earlier.get(k) for k in ("command", "environment")}] if earlier else [])]
+    try:
+        results = ResumableResults(out, KEY, keys,
+                                   {"rounds": a.rounds, "memory_format": a.memory_format}, resume=a.resume,
+                                   assumed={"rounds": 5, "memory_format": "auto"})  # files from before they were recorded
+    except ResumeMismatch as e:
+        _fail(f"{e}: drop --resume or use another --out")
     load_before, env = os.getloadavg(), environment(a.device, a.threads[0])
     row_s: list[float] = []
     for i, (point, key) in enumerate(zip(grid, keys), 1):
-        if key not in todo:
+        if results.kept(key):
             print(f"[{i}/{len(grid)}] {point.label()}: kept from {out} (--resume)", flush=True)
             continue
-        eta = _mmss(statistics.mean(row_s) * (len(todo) - len(row_s))) if row_s else "--:--"
+        eta = _mmss(statistics.mean(row_s) * (len(results.to_measure) - len(row_s))) if row_s else "--:--"
         print(f"[{i}/{len(grid)}] {point.label()} ... ETA {eta}", flush=True)
         t0 = time.perf_counter()
         row = (measure_row(point, a.rounds, a.device, a.memory_format) if a.in_process else measure_in_child(point, a))
         row_s.append(time.perf_counter() - t0)
-        rows[key] = row
+        results.add(row)
         load = [] if "failed" in row else [f"(load: {row['machine_load']['describe']})"]
         print(_table([row]).splitlines()[-1], *load, flush=True)
-        # written after every row, so a run stopped by a timeout or a crash keeps what it measured
-        doc = {"command": command, "rounds": a.rounds, "memory_format": a.memory_format,
-               "complete": all(k in rows and "failed" not in rows[k] for k in keys),
-               "load_average_before": load_before, "load_average_after": os.getloadavg(), "environment": env,
-               **({"earlier_runs": runs} if runs else {}), "results": list(rows.values())}
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, out)  # a kill mid-write leaves the previous file whole
-    print(_table([rows[k] for k in keys]))
-    return 1 if any("failed" in rows[k] for k in keys) else 0
+        results.save(command, {"load_average_before": load_before, "load_average_after": os.getloadavg(),
+                               "environment": env})
+    print(_table(results.grid_rows()))
+    return 1 if results.any_failed() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     pin_malloc()
     if a.one_row:  # child mode (see measure_in_child)
-        row = measure_row(Point(**json.loads(a.one_row)), a.rounds, a.device, a.memory_format)
-        Path(a.row_out).write_text(json.dumps(row))
+        write_row(a.row_out, measure_row(Point(**json.loads(a.one_row)), a.rounds, a.device, a.memory_format))
         return 0
     return run(a, "benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 

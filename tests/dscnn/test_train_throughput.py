@@ -1,12 +1,15 @@
 """benchmarks/train_throughput.py's runner: a row per child process, failed rows recorded, --resume, bad input.
 
-Every row here is resnet20 on a tiny input (batch 2, one round, one thread): a few seconds each.
+Every row here is resnet20 on a tiny input (batch 2, one round, one thread): a few seconds each. The
+generic siblings it runs on (row_runner.py, resumable_results.py) are also tested on their own, with
+torch-free rows.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +30,16 @@ def bench() -> ModuleType:
         return load_script("benchmarks/train_throughput.py")
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def row_runner() -> ModuleType:
+    return load_script("benchmarks/row_runner.py")
+
+
+@pytest.fixture(scope="module")
+def resumable() -> ModuleType:
+    return load_script("benchmarks/resumable_results.py")
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +135,66 @@ def test_bad_input_is_one_line_and_exit_2(bench: ModuleType, argv: list[str], me
         bench.parse_args(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def _child(code: str) -> Any:
+    """A torch-free child command: Python ``code`` with ``path`` bound to the row file."""
+    return lambda path: [sys.executable, "-c", f"import json, os, signal, sys, time; path = {str(path)!r}; {code}"]
+
+
+def test_row_runner_returns_the_row_a_child_wrote(row_runner: ModuleType) -> None:
+    row = row_runner.run_in_child(_child("json.dump({'n': 3, 'peak': 1.5}, open(path, 'w'))"), 1.0)
+    assert row == {"n": 3, "peak": 1.5}
+
+
+@pytest.mark.parametrize("code, reason", [
+    ("print('warming up', file=sys.stderr); sys.exit('boom: out of luck')", "exit 1: boom: out of luck"),
+    ("sys.exit(3)", "exit 3: no error output"),
+    ("pass", "exited without writing its row"),
+    ("os.kill(os.getpid(), signal.SIGKILL)", f"killed by {signal.SIGKILL.name}"),
+])
+def test_row_runner_says_why_a_child_has_no_row(row_runner: ModuleType, code: str, reason: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert row_runner.run_in_child(_child(code), 1.0) == reason
+    if "boom" in code:  # the child's stderr is passed on, not swallowed
+        assert "warming up" in capsys.readouterr().err
+
+
+def test_row_runner_names_the_callers_cap_flag(row_runner: ModuleType) -> None:
+    grow = "x = bytearray(400 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(20)"  # touched: resident
+    reason = row_runner.run_in_child(_child(grow), 0.1, cap_flag="--rss-cap")
+    assert re.fullmatch(r"killed at 0\.\d\d GB RSS \(--rss-cap 0\.1\)", reason)
+
+
+def test_resumable_results_keep_rows_by_key_across_runs(resumable: ModuleType, tmp_path: Path) -> None:
+    out, grid = tmp_path / "sub" / "doc.json", [{"n": 1, "k": "a"}, {"n": 2, "k": "a"}, {"n": 3, "k": "a"}]
+    first = resumable.ResumableResults(out, ("n", "k"), grid, {"seed": 0}, resume=True)  # no file yet: nothing kept
+    assert first.to_measure == ((1, "a"), (2, "a"), (3, "a"))
+    first.add({"n": 1, "k": "a", "v": 10})
+    first.add({"n": 2, "k": "a", "failed": "exit 1: boom"})
+    first.add({"n": 1, "k": "b", "v": 11})  # same n, other key: another row, outside the grid
+    first.save("bench --first", {"environment": "env-1"})
+    assert not list(out.parent.glob("*.tmp")) and list(json.loads(out.read_text()))[:3] == ["command", "seed", "complete"]
+    again = resumable.ResumableResults(out, ("n", "k"), grid, {"seed": 0}, resume=True)
+    assert again.kept({"n": 1, "k": "a"}) and not again.kept({"n": 2, "k": "a"}) and again.to_measure == ((2, "a"), (3, "a"))
+    assert [r.get("v") for r in again.grid_rows()] == [10, None] and again.any_failed() and not again.complete()
+    again.add({"n": 2, "k": "a", "v": 20})
+    again.add({"n": 3, "k": "a", "v": 30})
+    again.save("bench --again", {})
+    doc = json.loads(out.read_text())
+    assert doc["complete"] and doc["command"] == "bench --again" and len(doc["results"]) == 4
+    assert doc["earlier_runs"] == [{"command": "bench --first", "environment": "env-1"}]
+    fresh = resumable.ResumableResults(out, ("n", "k"), grid, {"seed": 0}, resume=False)
+    assert fresh.to_measure == ((1, "a"), (2, "a"), (3, "a")) and not fresh.earlier_runs
+
+
+def test_resumable_results_refuse_files_that_do_not_fit(resumable: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "doc.json"
+    out.write_text(json.dumps({"command": "old", "results": [{"n": 1}]}))  # from before "seed" was recorded
+    assert resumable.ResumableResults(out, ("n",), [{"n": 1}], {"seed": 0}, resume=True, assumed={"seed": 0}).kept({"n": 1})
+    with pytest.raises(resumable.ResumeMismatch, match=r"doc\.json was made with seed 0, not 1$"):
+        resumable.ResumableResults(out, ("n",), [{"n": 1}], {"seed": 1}, resume=True, assumed={"seed": 0})
+    for text in ("not json", "[]", '{"results": [1]}'):
+        out.write_text(text)
+        with pytest.raises(resumable.ResumeMismatch, match=r"doc\.json is not this script's JSON$"):
+            resumable.ResumableResults(out, ("n",), [{"n": 1}], {}, resume=True)
