@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 
 
+@functools.cache
 def pin_malloc() -> bool:
     """Keep freed blocks of up to 32 MB on glibc's heap; False where libc is not glibc.
 

@@ -20,7 +20,6 @@ allocator's ``max_memory_allocated``; the CPU has no per-model counter, so it is
 from __future__ import annotations
 
 import dataclasses
-import functools
 import statistics
 import time
 import warnings
@@ -152,7 +151,6 @@ def require_device(device: str) -> None:
         raise ValueError("device 'cuda' requested but no CUDA GPU is available (torch.cuda.is_available() is False)")
 
 
-@functools.cache
 def measure_latency_ms(model: nn.Module, settings: LatencySettings, *, load_probe: LoadProbe | None = None) -> LatencyResult:
     """Time ``model`` (a copy of it: the caller's module is not moved or cast) under ``settings``.
 

@@ -92,6 +92,17 @@ def test_counts_runs_and_applies_settings() -> None:
     assert result.peak_memory_mb is None  # CPU: no per-model allocator counter
 
 
+def test_every_call_measures_again() -> None:
+    """Same model, same settings, twice: two measurements (a cached result would hide drift, a busy
+    machine and in-place edits of the model; review, session 5)."""
+    model = Recorder()
+    settings = LatencySettings(batch=1, resolution=8, threads=1, warmup=1, runs=2, repeats=1)
+    Recorder.log.clear()
+    measure_latency_ms(model, settings, load_probe=QUIET)
+    measure_latency_ms(model, settings, load_probe=QUIET)
+    assert len(Recorder.log) == 2 * (1 + 2)
+
+
 def test_median_of_repeat_medians_and_noise_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     # runs 1..3 of repeat r take (r+1)*[1, 2, 9] ms: repeat medians 2, 4, 6 -> median 4, spread 100%
     times = itertools.chain.from_iterable(((r + 1) * 1.0, (r + 1) * 2.0, (r + 1) * 9.0) for r in range(3))
