@@ -48,6 +48,8 @@ def update_running_stats(bns: Sequence[nn.BatchNorm2d], means: Sequence[Tensor],
                          n: int) -> None:
     """Exactly what ``nn.BatchNorm2d.forward`` does in training mode with the given batch statistics
     (``variances`` biased, over ``n`` values per channel)."""
+    if not bns:
+        return
     tracked, running_means, running_vars = [], [], []
     for bn in bns:
         assert bn.num_batches_tracked is not None and bn.running_mean is not None and bn.running_var is not None

@@ -174,15 +174,16 @@ class _FastBranchSum(torch.autograd.Function):
             mu_k, var_k, sigma_w = branch_moments(stacked, patches.flatten(1), gram, n)
             means.extend(mu_k.unbind(1))
             variances.extend(var_k.unbind(1))
-        for b in range(nk if gram is None else 0):
-            w = kernels[b]
-            assert w is not None
-            mu = (w * _crop(patches, plan.kernel_sizes[b])).sum(dim=(1, 2, 3)) / n
-            z = dwconv(x, w, d)
-            z.sub_(_row(mu))
-            means.append(mu)
-            variances.append(channel_sums(z.square_()) / n)
-            del z
+        else:
+            for b in range(nk):
+                w = kernels[b]
+                assert w is not None
+                mu = (w * _crop(patches, plan.kernel_sizes[b])).sum(dim=(1, 2, 3)) / n
+                z = dwconv(x, w, d)
+                z.sub_(_row(mu))
+                means.append(mu)
+                variances.append(channel_sums(z.square_()) / n)
+                del z
         x_mean = x_var = None
         if plan.scaled:
             ch, cw = size[0] // 2, size[1] // 2
@@ -196,7 +197,7 @@ class _FastBranchSum(torch.autograd.Function):
                 a = kernels[nk + j].view(-1) if has_weight else None  # type: ignore[union-attr]
                 means.append(x_mean if a is None else a * x_mean)
                 variances.append(x_var if a is None else a.square() * x_var)
-        eps = torch.tensor(plan.eps, dtype=x.dtype, device=x.device)
+        eps = _eps(plan.eps, x)
         ts = torch.stack(gammas, 1) * torch.rsqrt(torch.stack(variances, 1) + eps)  # (C, terms)
         w_eff, b_eff = _folded(kernels, stacked, ts, torch.stack(means, 1), torch.stack(betas, 1), plan)
         y = dwconv(x, w_eff, d, b_eff)
@@ -229,7 +230,7 @@ class _FastBranchSum(torch.autograd.Function):
         if gram is not None and stacked is not None and sigma_w is not None:
             # G = corr(x, g): one cheap 3x3 pass; every branch's gradient is algebra on it.
             corr_g = weight_grad(x, g, size, d)
-            eps = torch.tensor(plan.eps[:nk], dtype=x.dtype, device=x.device)
+            eps = _eps(plan.eps[:nk], x)
             bg = branch_grads(
                 stacked, ts_all[:, :nk], torch.stack(plan.means[:nk], 1), torch.stack(plan.variances[:nk], 1), eps,
                 patches.flatten(1), sigma_w, corr_g.flatten(1), sum_g, n,
@@ -278,6 +279,14 @@ class _FastBranchSum(torch.autograd.Function):
         else:
             dx.add_(const_map)
         return (None, dx, *grads)
+
+
+def _eps(values: tuple[float, ...], x: Tensor) -> Tensor | float:
+    """The BNs' eps, broadcastable over (C, terms): a plain float when they agree (the usual case;
+    a tensor built from host values is a blocking copy, i.e. a stream sync, on CUDA)."""
+    if len(set(values)) == 1:
+        return values[0]
+    return torch.tensor(values, dtype=x.dtype).to(x.device, non_blocking=True)
 
 
 def _x_branch_grads(

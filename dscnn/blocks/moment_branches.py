@@ -49,7 +49,7 @@ class BranchGrads:
 
 
 def branch_grads(
-    stacked: Tensor, ts: Tensor, means: Tensor, variances: Tensor, eps: Tensor, patches: Tensor,
+    stacked: Tensor, ts: Tensor, means: Tensor, variances: Tensor, eps: Tensor | float, patches: Tensor,
     sigma_w: Tensor, corr_g: Tensor, sum_g: Tensor, count: int,
 ) -> BranchGrads:
     """Kernel-branch gradients from ``G = corr(x, g)`` (C, D) and ``sum(g)`` (C,), per branch

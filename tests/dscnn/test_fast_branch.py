@@ -136,6 +136,15 @@ def test_mixed_momenta_update_each_bn_with_its_own() -> None:
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name
 
 
+@pytest.mark.parametrize("text", ["3x3,1x3,1x1,id", "5x5,3x3,1x1,id"])  # moment mode, per-branch mode
+def test_branches_with_different_eps(text: str) -> None:
+    torch.manual_seed(0)
+    block = RepASO(4, text)
+    for i, bn in enumerate(m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.eps = 10.0 ** -(i + 1)
+    assert_fast_matches_reference(block, torch.randn(2, 4, 5, 5), torch.float64)
+
+
 @pytest.mark.parametrize("make", [lambda: RepVGGBlock(4, 4), lambda: RepASO(4, "J", stride=2),
                                   lambda: ACBlock(4, 6, 3)])
 def test_out_of_scope_blocks_take_the_reference_path(make) -> None:  # type: ignore[no-untyped-def]

@@ -55,7 +55,7 @@ def test_trains_reports_each_epoch_and_learns(data: ImageDataset) -> None:
     assert result.to_dict()["final_accuracy"] == result.val_accuracies[-1]
 
 
-def test_cpu_training_keeps_activation_buffers_on_the_heap(data: ImageDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_training_pins_malloc_first(data: ImageDataset, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training on the CPU pins glibc's malloc thresholds first (`dscnn.allocator`, issue 12)."""
     import dscnn.train
 
@@ -67,6 +67,11 @@ def test_cpu_training_keeps_activation_buffers_on_the_heap(data: ImageDataset, m
 
     monkeypatch.setattr(dscnn.train, "pin_malloc", spy)
     train_and_evaluate(TinyNet(), data, TrainConfig(epochs=1, batch_size=64, lr=0.05))
+    assert calls == [True]
+    # another device leaves the host heap alone ("meta" stands in for a GPU: training stops at once)
+    monkeypatch.setattr(dscnn.train, "resolve_device", lambda name: torch.device("meta"))
+    with pytest.raises(NotImplementedError, match="meta"):
+        train_and_evaluate(TinyNet(), data, TrainConfig(epochs=1, batch_size=64, lr=0.05))
     assert calls == [True]
 
 
