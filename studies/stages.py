@@ -90,7 +90,7 @@ def _algorithm(method: str, options: dict[str, Any]) -> Any:
 def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
     """Every [prune] method on the winner, at equal epochs (a method without regularised training
     fine-tunes for the regularised epochs too; each method's record holds the epochs its report says
-    ran, and a total other than the plan's is a `StudyError`), each resumable on its own; the one
+    ran, and a split other than the plan's is a `StudyError`), each resumable on its own; the one
     exported is the most accurate on validation among those that met the target."""
     checkpoint = records["retrain"]["checkpoint"]
     target_latency = _shared_latency_target(plan, checkpoint, console)
@@ -165,27 +165,26 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
 
     folder = plan.stage_dir("prune") / method
     done = folder / "record.json"
+    algorithm = _algorithm(method, plan.options_of(method))
+    planned = _planned_split(plan, getattr(algorithm, "regularized", True))
     if done.is_file():
         record = dict(json.loads(done.read_text()))
         # the report's epochs (a record from before reports stated them: the study's own)
         stored = record.get("report", {}).get("epochs") or record.get("epochs") or {}
-        if record.get("target") == (target_latency or plan.target_flops) and sum(stored.values()) == _planned_epochs(plan):
+        if record.get("target") == (target_latency or plan.target_flops) and stored == planned:
             console.log(f"prune: {method} finished earlier ({done})")
             return record
-        console.log(f"prune: {done} was pruned to {record.get('target')} in {sum(stored.values())} epochs, not "
-                    f"{target_latency or plan.target_flops} in {_planned_epochs(plan)}: pruning again")
+        console.log(f"prune: {done} was pruned to {record.get('target')} in {_split_text(stored)} epochs, not "
+                    f"{target_latency or plan.target_flops} in {_split_text(planned)}: pruning again")
     folder.mkdir(parents=True, exist_ok=True)
     config = plan.search_config()
-    algorithm = _algorithm(method, plan.options_of(method))
-    regularized = getattr(algorithm, "regularized", True)
-    finetune = plan.finetune_epochs if regularized else _planned_epochs(plan)
     train = dataclasses.replace(
         RunConfig(target="0.5x").train, epochs=plan.prune_epochs, batch_size=config.train.batch_size,
         device=config.train.device, seed=config.train.seed,
     )
     run = RunConfig(
         target=plan.target_flops if target_latency is None else "", target_latency=target_latency,
-        data=config.data, train=train, finetune_epochs=finetune, out=str(folder / "pruned.pt"),
+        data=config.data, train=train, finetune_epochs=planned["finetune"], out=str(folder / "pruned.pt"),
         latency_threads=config.latency.threads, latency_runtime=config.latency.runtime,
         latency_device=config.latency.device, device_lock=config.device_lock,
     )
@@ -201,7 +200,7 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
         met = (report.latency or {}).get("met", True) if target_latency is not None else True
         reported = report.to_dict()
         record = {"method": method, "checkpoint": report.output, "report": reported, "met_target": bool(met),
-                  "epochs": epochs_run(method, reported, _planned_epochs(plan)),  # before the test pass: fail early
+                  "epochs": epochs_run(method, reported, planned),  # before the test pass: fail early
                   "test_accuracy": _test_accuracy(model, config), "target": target_latency or plan.target_flops}
     tmp = folder / ".record.json.tmp"
     tmp.write_text(json.dumps(record, indent=2, default=str))
@@ -215,17 +214,31 @@ def _planned_epochs(plan: StudyPlan) -> int:
     return plan.prune_epochs + plan.finetune_epochs
 
 
-def epochs_run(method: str, report: Record, planned: int) -> dict[str, int]:
+def _planned_split(plan: StudyPlan, regularized: bool) -> dict[str, int]:
+    """The epochs a method must run, ``{"regularized", "finetune"}``: the plan's split for a
+    regularised method, all of the equal budget as fine-tuning for one without regularised training.
+    The split, not only the total: a regularised method trained 2 + 1 is another run than 1 + 2."""
+    if regularized:
+        return {"regularized": plan.prune_epochs, "finetune": plan.finetune_epochs}
+    return {"regularized": 0, "finetune": _planned_epochs(plan)}
+
+
+def _split_text(epochs: dict[str, Any]) -> str:
+    return f"{epochs.get('regularized', '?')} + {epochs.get('finetune', '?')}"
+
+
+def epochs_run(method: str, report: Record, planned: dict[str, int]) -> dict[str, int]:
     """The epochs a pruning report says ran, ``{"regularized", "finetune"}``; a `StudyError` when
-    they do not add up to the study's equal budget (the comparison between methods would be unfair)."""
+    they are not the ``planned`` split (`_planned_split`: else the comparison between methods would
+    be unfair, or a regularised method would have skipped its regularised training)."""
     epochs = report.get("epochs") or {}
     if set(epochs) != {"regularized", "finetune"}:
         raise StudyError(f"prune: {method}'s report does not state the epochs it ran ({epochs or 'none'}): "
                          "the equal budget cannot be checked")
     ran = {k: int(epochs[k]) for k in ("regularized", "finetune")}
-    if sum(ran.values()) != planned:
+    if ran != planned:
         raise StudyError(f"prune: {method} ran {ran['regularized']} regularised + {ran['finetune']} fine-tuning "
-                         f"epochs = {sum(ran.values())}, not the study's equal budget of {planned}")
+                         f"epochs, not the study's planned {_split_text(planned)}")
     return ran
 
 

@@ -108,13 +108,16 @@ def test_a_fractional_latency_target_is_resolved_once_for_every_method(tmp_path:
     assert stages._shared_latency_target(absolute, str(winner), console) == "3ms"
 
 
-def test_the_epochs_recorded_are_the_reports_and_must_add_up_to_the_equal_budget() -> None:
-    assert stages.epochs_run("magnitude", {"epochs": {"regularized": 0, "finetune": 3}}, 3) == {"regularized": 0,
-                                                                                               "finetune": 3}
-    with pytest.raises(StudyError, match=r"csgd ran 2 regularised \+ 0 fine-tuning epochs = 2, not .* budget of 3$"):
-        stages.epochs_run("csgd", {"epochs": {"regularized": 2, "finetune": 0}}, 3)
+def test_the_epochs_recorded_are_the_reports_and_must_match_the_planned_split() -> None:
+    magnitude = {"regularized": 0, "finetune": 3}
+    assert stages.epochs_run("magnitude", {"epochs": magnitude}, magnitude) == magnitude
+    csgd = {"regularized": 2, "finetune": 1}
+    with pytest.raises(StudyError, match=r"^prune: csgd ran 2 regularised \+ 0 fine-tuning epochs, not the .* 2 \+ 1$"):
+        stages.epochs_run("csgd", {"epochs": {"regularized": 2, "finetune": 0}}, csgd)
+    with pytest.raises(StudyError, match=r"csgd ran 0 regularised \+ 3 fine-tuning epochs, not the .* 2 \+ 1$"):
+        stages.epochs_run("csgd", {"epochs": magnitude}, csgd)  # the right total, the wrong split
     with pytest.raises(StudyError, match="does not state the epochs"):
-        stages.epochs_run("resrep", {"method": "resrep"}, 3)  # a report without epochs cannot vouch for the budget
+        stages.epochs_run("resrep", {"method": "resrep"}, csgd)  # a report without epochs cannot vouch for the budget
 
 
 class _Report:
@@ -133,15 +136,23 @@ class _Report:
         return {"method": "magnitude", "epochs": self.epochs, "after": {"accuracy": 0.5}}
 
 
-def test_a_report_off_the_equal_budget_stops_the_stage_and_is_not_stored(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "method, reported, planned",
+    [
+        ("magnitude", {"regularized": 0, "finetune": 1}, "0 + 3"),  # short of the budget
+        ("csgd", {"regularized": 0, "finetune": 3}, "2 + 1"),  # the budget, but a regularised method never regularised
+    ],
+)
+def test_a_report_off_the_planned_split_stops_the_stage_and_is_not_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, reported: dict[str, int], planned: str) -> None:
     from pruning import run
 
-    plan = load_plan(_plan(tmp_path, 'method = "magnitude"\nepochs = 2\nfinetune_epochs = 1\n'))
-    monkeypatch.setattr(run, "run_pruning", lambda *a, **k: (None, _Report({"regularized": 0, "finetune": 1})))
-    with pytest.raises(StudyError, match="magnitude ran 0 regularised \\+ 1 fine-tuning epochs = 1, not .* of 3"):
+    plan = load_plan(_plan(tmp_path, f'method = "{method}"\nepochs = 2\nfinetune_epochs = 1\n'))
+    monkeypatch.setattr(run, "run_pruning", lambda *a, **k: (None, _Report(reported)))
+    ran = f"{reported['regularized']} regularised \\+ {reported['finetune']} fine-tuning"
+    with pytest.raises(StudyError, match=f"{method} ran {ran} epochs, not the .* {planned.replace('+', chr(92) + '+')}$"):
         stages.prune(plan, {"retrain": {"checkpoint": str(tmp_path / "winner.pt")}}, Console(quiet=True))
-    assert not (plan.stage_dir("prune") / "magnitude" / "record.json").exists()  # a resume does not accept it
+    assert not (plan.stage_dir("prune") / method / "record.json").exists()  # a resume does not accept it
 
 
 def test_a_stored_method_run_at_another_epoch_budget_is_pruned_again(tmp_path: Path,
@@ -167,3 +178,28 @@ def test_a_stored_method_run_at_another_epoch_budget_is_pruned_again(tmp_path: P
     longer = load_plan(_plan(tmp_path, 'method = "magnitude"\nepochs = 2\nfinetune_epochs = 2\n'))
     assert stages._prune_one(longer, "magnitude", "winner.pt", None, Console(quiet=True))["error"] == "not this time"
     assert calls == [1]  # 4 epochs planned, 3 stored: pruned again, not reused
+
+
+def test_a_stored_regularised_run_at_another_split_of_the_same_total_is_pruned_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pruning import run
+    from pruning.algorithm import PruningError
+
+    calls: list[int] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise PruningError("not this time")
+
+    monkeypatch.setattr(run, "run_pruning", refuse)
+    plan = load_plan(_plan(tmp_path, 'method = "csgd"\nepochs = 2\nfinetune_epochs = 1\n'))
+    folder = plan.stage_dir("prune") / "csgd"
+    folder.mkdir(parents=True)
+    stored = {"method": "csgd", "target": "0.5x", "met_target": True, "report": {"epochs": {"regularized": 2,
+                                                                                            "finetune": 1}}}
+    (folder / "record.json").write_text(json.dumps(stored))
+    assert stages._prune_one(plan, "csgd", "winner.pt", None, Console(quiet=True)) == stored  # same split: kept
+    assert calls == []
+    shifted = load_plan(_plan(tmp_path, 'method = "csgd"\nepochs = 1\nfinetune_epochs = 2\n'))
+    assert stages._prune_one(shifted, "csgd", "winner.pt", None, Console(quiet=True))["error"] == "not this time"
+    assert calls == [1]  # 1 + 2 planned, 2 + 1 stored: the same 3 epochs, but pruned again, not reused
