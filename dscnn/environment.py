@@ -98,7 +98,10 @@ def git_revision(path: str | Path | None = None) -> dict[str, Any] | None:
                               check=True).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        # --no-optional-locks: status would otherwise refresh the index under .git/index.lock, and a
+        # benchmark recording its revision must not make a concurrent `git commit` in the checkout fail
+        dirty = bool(git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no"))
+        return {"commit": git("rev-parse", "HEAD"), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return None
 
