@@ -3,8 +3,12 @@
 The document is rewritten atomically after every row (a kill mid-write leaves the previous file
 whole), so a run stopped by a timeout or a crash keeps what it measured. Resuming keeps the rows of
 the earlier file whose key fields match a grid point and that did not fail, keeps rows outside the
-grid too, and records the earlier runs' provenance under ``earlier_runs``. A row with a ``failed``
-key is a failure: measured again on resume, and the document is ``complete`` only without any.
+grid too, and records the earlier runs' provenance under ``earlier_runs``. Every row added gets
+its run's index under ``run``: 0 for the first run, ``earlier_runs[i]`` for run ``i`` and the
+top-level fields for the latest, so a table that mixes runs says where each row came from. Resuming
+can also refuse a file made elsewhere (another machine, library or commit: ``same``). A row with a
+``failed`` key is a failure: measured again on resume, and the document is ``complete`` only
+without any.
 """
 
 from __future__ import annotations
@@ -18,6 +22,25 @@ from typing import Any
 
 class ResumeMismatch(ValueError):
     """The file to resume does not fit this run (a one-line message)."""
+
+
+class ProvenanceMismatch(ResumeMismatch):
+    """The file to resume was made on another machine, library or commit (``same``); a caller may allow that."""
+
+
+def _field(doc: Mapping[str, Any], dotted: str) -> Any:
+    """``doc["a"]["b"]`` for ``"a.b"``; None where a level is missing or not an object."""
+    value: Any = doc
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _check_same(path: Path, doc: Mapping[str, Any], same: Mapping[str, Any]) -> None:
+    for name, value in same.items():
+        earlier = _field(doc, name)
+        if earlier != value:  # a file from before the field was recorded (None) cannot show it matches
+            raise ProvenanceMismatch(f"{path} records {name} {earlier!r}, this run {value!r}")
 
 
 def _load(path: Path, settings: Mapping[str, Any], assumed: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,19 +70,25 @@ class ResumableResults:
         resume: keep the rows of an existing ``path`` (else it is overwritten).
         assumed: the value of a setting that an older file does not record.
         provenance: the top-level fields of an earlier file kept under ``earlier_runs``.
+        same: fields of the earlier file, as dotted paths into it (``"environment.torch"``), that
+            must hold these values for it to be resumed (write them with `save`'s ``fields``).
 
     Raises:
+        ProvenanceMismatch: ``resume`` and a ``same`` field of ``path`` differs or is missing.
         ResumeMismatch: ``resume`` and ``path`` is not such a document or has other settings.
     """
 
     def __init__(self, path: Path, key_fields: Sequence[str], grid: Sequence[Mapping[str, Any]],
                  settings: Mapping[str, Any], *, resume: bool, assumed: Mapping[str, Any] | None = None,
-                 provenance: Sequence[str] = ("command", "environment")) -> None:
+                 provenance: Sequence[str] = ("command", "environment"), same: Mapping[str, Any] | None = None) -> None:
         self.path, self.key_fields, self.settings = path, tuple(key_fields), dict(settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         earlier = _load(path, settings, assumed or {}) if resume and path.is_file() else {}
+        if earlier:
+            _check_same(path, earlier, same or {})
         self.rows = {self.key(r): r for r in earlier.get("results", [])}  # every earlier row stays in the file
         self.earlier_runs = [*earlier.get("earlier_runs", []), *([{k: earlier.get(k) for k in provenance}] if earlier else [])]
+        self.run = len(self.earlier_runs)  # this run's index, stamped on the rows it adds
         self.grid = [self.key(p) for p in grid]
         self.to_measure = tuple(k for k in self.grid if k not in self.rows or "failed" in self.rows[k])
 
@@ -71,8 +100,8 @@ class ResumableResults:
         return self.key(point) not in self.to_measure
 
     def add(self, row: dict[str, Any]) -> None:
-        """Record ``row``, replacing any row with the same key; `save` writes it."""
-        self.rows[self.key(row)] = row
+        """Record ``row`` with this run's index under ``run``, replacing any row with the same key; `save` writes it."""
+        self.rows[self.key(row)] = {**row, "run": self.run}
 
     def grid_rows(self) -> list[dict[str, Any]]:
         """The rows of the grid's points there are, in grid order."""

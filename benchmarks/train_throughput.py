@@ -21,22 +21,34 @@ the grid is there and none failed.
 
 Memory is the activation memory saved for backward in one step (the tensors autograd keeps, each
 storage counted once), a device-independent proxy for training memory; ``peak_rss_mb`` is the
-measuring process's peak resident memory (with ``--in-process``: the whole run's peak so far).
+measuring process's peak resident memory in MiB (with ``--in-process``: the whole run's peak so far).
+
+Each row also records what was in force in the process that measured it: ``malloc_pinned``
+(`dscnn.allocator.pin_malloc`), ``threads_in_force`` (torch's intra-op threads while timing),
+``git`` (`dscnn.environment.git_revision`), its own ``environment`` and the ``run`` it was measured
+in (see ``--resume``). The top-level ``environment`` is the parent's, with ``threads`` the grid's
+list of thread counts when it has several.
 
 Each row is measured in its own child process (this script with the hidden ``--one-row``, run by
 ``row_runner.py``), so one row's memory cannot pile up into the next (the full grid in one process
 was OOM-killed at 24 GiB RSS on dscnn_t1, each row alone peaking at 1.4-2.7 GiB) and a row that
 dies does not end the run.
-The parent polls the child's RSS every 0.1 s and kills it past ``--max-rss-gb`` (an RSS cap, not
-RLIMIT_AS: torch reserves address space far beyond what it touches, measured 3.5 GB of it for
-0.7 GB resident on a tiny resnet20 row, and CUDA's context reserves far more). A row that fails
+The parent polls the child's RSS every 0.1 s and kills it past ``--max-rss-gb`` GiB (an RSS cap, not
+RLIMIT_AS: torch reserves address space far beyond what it touches, about 3.3 GiB of it for
+0.65 GiB resident on a tiny resnet20 row, and CUDA's context reserves far more). A parent stopped
+by SIGTERM or an error kills the row's child first. A row that fails
 (killed, MemoryError, any non-zero exit) is recorded as ``{"model", "resolution", "batch",
-"threads", "device", "failed": "<one-line reason>"}``, printed as a failed row, and makes the exit
+"threads", "device", "failed": "<one-line reason>", "run"}``, printed as a failed row, and makes the exit
 status 1 once the other rows are done.
 ``--in-process`` measures every row in this process instead (debugging: a failure raises).
 ``--resume`` (``resumable_results.py``) keeps the rows of ``--out`` with the same model,
 resolution, batch, threads and device that did not fail, measures the rest, and refuses a file made
-with other ``--rounds`` or ``--memory-format``. Bad settings fail before any measuring, with one line and exit status 2.
+with other ``--rounds`` or ``--memory-format``, or on another CPU (``environment.cpu_model``), torch
+version (``environment.torch``) or commit (``git.commit``) unless ``--force-resume``; every row
+says which run measured it (``run``: 0 first, then one more per resumed run; ``earlier_runs``
+holds the earlier runs' command, environment and git). The file is rewritten at the end even when
+every row was kept, so its ``command`` and ``complete`` describe this run. Bad settings fail
+before any measuring, with one line and exit status 2.
 
     flock /tmp/repnas-cpu-bench.lock .venv/bin/python benchmarks/train_throughput.py --quick
     flock /tmp/repnas-cpu-bench.lock .venv/bin/python benchmarks/train_throughput.py --resume   # full grid
@@ -59,14 +71,14 @@ from typing import Any, NoReturn
 import torch
 import torch.nn.functional as F
 from plain_twin import plain_twin
-from resumable_results import ResumableResults, ResumeMismatch
-from row_runner import peak_rss_mb, run_in_child, write_row
+from resumable_results import ProvenanceMismatch, ResumableResults, ResumeMismatch
+from row_runner import peak_rss_mb, run_in_child, sigterm_raises, write_row
 from torch import nn
 
 from dscnn import create_model, deploy_copy, list_models
+from dscnn.allocator import pin_malloc
 from dscnn.blocks.fast_branch import branch_impl
-from dscnn.environment import environment
-from dscnn.latency import pin_malloc
+from dscnn.environment import environment, git_revision
 from dscnn.machine_load import default_probe, describe, is_busy
 from dscnn.memory_format import choose_memory_format
 from dscnn.online import to_online
@@ -180,10 +192,24 @@ class Point:
         return f"{self.model} {self.resolution} px batch {self.batch} {self.threads} thr"
 
 
+def device_kind(device: str) -> str:
+    """``cuda:0`` -> ``cuda``: what `dscnn.environment.environment` tests for to record the GPU."""
+    return device.split(":")[0]
+
+
+def run_environment(device: str, threads: list[int]) -> dict[str, Any]:
+    """The parent's `environment`, naming every thread count of the grid when it has several."""
+    env = environment(device_kind(device), threads[0])
+    return env if len(threads) == 1 else {**env, "threads": list(threads)}
+
+
 def measure_row(point: Point, rounds: int, device: str, memory_format: str) -> dict[str, Any]:
-    """`measure` plus this process's peak RSS."""
+    """`measure` plus this process's peak RSS (MiB) and what was in force while it measured."""
+    pinned = pin_malloc()  # cached: pins (if main has not) before timing, so the record is true of it
     row = measure(point.model, point.resolution, point.batch, point.threads, rounds, device, memory_format)
-    return {**row, "peak_rss_mb": peak_rss_mb()}
+    threads = torch.get_num_threads()  # as `measure` left them
+    return {**row, "peak_rss_mb": peak_rss_mb(), "malloc_pinned": pinned, "threads_in_force": threads,
+            "git": git_revision(), "environment": environment(device_kind(device), threads)}
 
 
 def measure_in_child(point: Point, a: argparse.Namespace) -> dict[str, Any]:
@@ -193,7 +219,7 @@ def measure_in_child(point: Point, a: argparse.Namespace) -> dict[str, Any]:
                 "--row-out", str(row_file), "--rounds", str(a.rounds), "--device", a.device,
                 "--memory-format", a.memory_format]
 
-    row = run_in_child(command, a.max_rss_gb)
+    row = run_in_child(command, a.max_rss_gib)
     return row if isinstance(row, dict) else {**asdict(point), "device": a.device, "failed": row}
 
 
@@ -262,18 +288,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "machine can mislead)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--resume", action="store_true", help="keep the rows of --out already measured (not failed)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="--resume even from a file measured on another CPU, torch version or commit")
     p.add_argument("--in-process", action="store_true", help="measure every row in this process (debugging)")
-    p.add_argument("--max-rss-gb", type=_positive(float), default=16.0,
-                   help="kill a row's process past this resident memory (default 16; one row peaks at 1.4-2.7 GiB)")
+    p.add_argument("--max-rss-gb", dest="max_rss_gib", type=_positive(float), default=16.0,
+                   help="kill a row's process past this resident memory in GiB (default 16; one row peaks at 1.4-2.7 GiB)")
     p.add_argument("--one-row", help=argparse.SUPPRESS)  # child mode: one Point as JSON ...
     p.add_argument("--row-out", help=argparse.SUPPRESS)  # ... whose row is written here
     a = p.parse_args(argv)
+    a.resume = a.resume or a.force_resume
     if a.quick:
         a.models, a.resolutions, a.batches, a.threads, a.rounds = ["dscnn_t0", "resnet20"], [32], [64], [1], 3
     unknown = [m for m in a.models if m not in list_models()]
     if unknown:
         p.error(f"unknown model {unknown[0]!r}; valid models: {', '.join(list_models())}")
-    if a.device.split(":")[0] not in ("cpu", "cuda"):
+    if device_kind(a.device) not in ("cpu", "cuda"):
         p.error(f"--device must be cpu or cuda, not {a.device!r}")
     return a
 
@@ -282,33 +311,49 @@ def _mmss(seconds: float) -> str:
     return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
 
 
-def run(a: argparse.Namespace, command: str) -> int:
-    """Measure the grid, row by row, rewriting ``a.out`` after each; 1 if any row of the grid failed."""
-    grid = [Point(m, r, b, t) for t in a.threads for m in a.models for r in a.resolutions for b in a.batches]
-    keys = [{**asdict(p), "device": a.device} for p in grid]  # the KEY fields of each point's row
-    out = Path(a.out)
+def _open_results(a: argparse.Namespace, keys: list[dict[str, Any]], env: dict[str, Any],
+                  git: dict[str, Any] | None) -> ResumableResults:
+    same = {"environment.cpu_model": env["cpu_model"], "environment.torch": env["torch"],
+            "git.commit": git and git["commit"]}
+    assumed = {"rounds": 5, "memory_format": "auto"}  # files from before they were recorded
     try:
-        results = ResumableResults(out, KEY, keys,
-                                   {"rounds": a.rounds, "memory_format": a.memory_format}, resume=a.resume,
-                                   assumed={"rounds": 5, "memory_format": "auto"})  # files from before they were recorded
+        return ResumableResults(Path(a.out), KEY, keys, {"rounds": a.rounds, "memory_format": a.memory_format},
+                                resume=a.resume, assumed=assumed, provenance=("command", "environment", "git"),
+                                same={} if a.force_resume else same)
+    except ProvenanceMismatch as e:
+        _fail(f"{e}: --force-resume to mix the two in one file, or drop --resume or use another --out")
     except ResumeMismatch as e:
         _fail(f"{e}: drop --resume or use another --out")
-    load_before, env = os.getloadavg(), environment(a.device, a.threads[0])
-    row_s: list[float] = []
-    for i, (point, key) in enumerate(zip(grid, keys), 1):
-        if results.kept(key):
-            print(f"[{i}/{len(grid)}] {point.label()}: kept from {out} (--resume)", flush=True)
-            continue
-        eta = _mmss(statistics.mean(row_s) * (len(results.to_measure) - len(row_s))) if row_s else "--:--"
-        print(f"[{i}/{len(grid)}] {point.label()} ... ETA {eta}", flush=True)
-        t0 = time.perf_counter()
-        row = (measure_row(point, a.rounds, a.device, a.memory_format) if a.in_process else measure_in_child(point, a))
-        row_s.append(time.perf_counter() - t0)
-        results.add(row)
-        load = [] if "failed" in row else [f"(load: {row['machine_load']['describe']})"]
-        print(_table([row]).splitlines()[-1], *load, flush=True)
+
+
+def run(a: argparse.Namespace, command: str) -> int:
+    """Measure the grid, row by row, rewriting ``a.out`` after each and at the end; 1 if any row of the grid failed."""
+    grid = [Point(m, r, b, t) for t in a.threads for m in a.models for r in a.resolutions for b in a.batches]
+    keys = [{**asdict(p), "device": a.device} for p in grid]  # the KEY fields of each point's row
+    env, git = run_environment(a.device, a.threads), git_revision()
+    results = _open_results(a, keys, env, git)
+    load_before = os.getloadavg()
+
+    def save() -> None:
         results.save(command, {"load_average_before": load_before, "load_average_after": os.getloadavg(),
-                               "environment": env})
+                               "environment": env, "git": git})
+
+    row_s: list[float] = []
+    with sigterm_raises():  # a stopped run kills its row's child instead of leaving it running
+        for i, (point, key) in enumerate(zip(grid, keys), 1):
+            if results.kept(key):
+                print(f"[{i}/{len(grid)}] {point.label()}: kept from {a.out} (--resume)", flush=True)
+                continue
+            eta = _mmss(statistics.mean(row_s) * (len(results.to_measure) - len(row_s))) if row_s else "--:--"
+            print(f"[{i}/{len(grid)}] {point.label()} ... ETA {eta}", flush=True)
+            t0 = time.perf_counter()
+            row = (measure_row(point, a.rounds, a.device, a.memory_format) if a.in_process else measure_in_child(point, a))
+            row_s.append(time.perf_counter() - t0)
+            results.add(row)
+            load = [] if "failed" in row else [f"(load: {row['machine_load']['describe']})"]
+            print(_table([row]).splitlines()[-1], *load, flush=True)
+            save()
+    save()  # also when every row was kept: command and complete are this run's
     print(_table(results.grid_rows()))
     return 1 if results.any_failed() else 0
 
