@@ -155,33 +155,13 @@ def test_a_report_off_the_planned_split_stops_the_stage_and_is_not_stored(
     assert not (plan.stage_dir("prune") / method / "record.json").exists()  # a resume does not accept it
 
 
-def test_a_stored_method_run_at_another_epoch_budget_is_pruned_again(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from pruning import run
-    from pruning.algorithm import PruningError
-
-    plan = load_plan(_plan(tmp_path, 'method = "magnitude"\nepochs = 2\nfinetune_epochs = 1\n'))
-    folder = plan.stage_dir("prune") / "magnitude"
-    folder.mkdir(parents=True)
-    stored = {"method": "magnitude", "target": "0.5x", "met_target": True, "report": {"epochs": {"regularized": 0,
-                                                                                                 "finetune": 3}}}
-    (folder / "record.json").write_text(json.dumps(stored))
-    calls: list[int] = []
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        calls.append(1)
-        raise PruningError("not this time")
-
-    monkeypatch.setattr(run, "run_pruning", refuse)
-    assert stages._prune_one(plan, "magnitude", "winner.pt", None, Console(quiet=True)) == stored  # same budget: kept
-    assert calls == []
-    longer = load_plan(_plan(tmp_path, 'method = "magnitude"\nepochs = 2\nfinetune_epochs = 2\n'))
-    assert stages._prune_one(longer, "magnitude", "winner.pt", None, Console(quiet=True))["error"] == "not this time"
-    assert calls == [1]  # 4 epochs planned, 3 stored: pruned again, not reused
-
-
-def test_a_stored_regularised_run_at_another_split_of_the_same_total_is_pruned_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("method", "stored_split", "same", "other"), [
+    ("magnitude", (0, 3), (2, 1), (2, 2)),  # another total: 4 epochs planned, 3 stored
+    ("csgd", (2, 1), (2, 1), (1, 2)),  # the same 3 epochs split otherwise
+])
+def test_a_stored_method_run_off_the_planned_split_is_pruned_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, stored_split: tuple[int, int],
+        same: tuple[int, int], other: tuple[int, int]) -> None:
     from pruning import run
     from pruning.algorithm import PruningError
 
@@ -191,15 +171,17 @@ def test_a_stored_regularised_run_at_another_split_of_the_same_total_is_pruned_a
         calls.append(1)
         raise PruningError("not this time")
 
+    def plan_of(epochs: tuple[int, int]):  # type: ignore[no-untyped-def]
+        return load_plan(_plan(tmp_path, f'method = "{method}"\nepochs = {epochs[0]}\nfinetune_epochs = {epochs[1]}\n'))
+
     monkeypatch.setattr(run, "run_pruning", refuse)
-    plan = load_plan(_plan(tmp_path, 'method = "csgd"\nepochs = 2\nfinetune_epochs = 1\n'))
-    folder = plan.stage_dir("prune") / "csgd"
+    plan = plan_of(same)
+    folder = plan.stage_dir("prune") / method
     folder.mkdir(parents=True)
-    stored = {"method": "csgd", "target": "0.5x", "met_target": True, "report": {"epochs": {"regularized": 2,
-                                                                                            "finetune": 1}}}
+    epochs = {"regularized": stored_split[0], "finetune": stored_split[1]}
+    stored = {"method": method, "target": "0.5x", "met_target": True, "report": {"epochs": epochs}}
     (folder / "record.json").write_text(json.dumps(stored))
-    assert stages._prune_one(plan, "csgd", "winner.pt", None, Console(quiet=True)) == stored  # same split: kept
+    assert stages._prune_one(plan, method, "winner.pt", None, Console(quiet=True)) == stored  # planned split: kept
     assert calls == []
-    shifted = load_plan(_plan(tmp_path, 'method = "csgd"\nepochs = 1\nfinetune_epochs = 2\n'))
-    assert stages._prune_one(shifted, "csgd", "winner.pt", None, Console(quiet=True))["error"] == "not this time"
-    assert calls == [1]  # 1 + 2 planned, 2 + 1 stored: the same 3 epochs, but pruned again, not reused
+    assert stages._prune_one(plan_of(other), method, "winner.pt", None, Console(quiet=True))["error"] == "not this time"
+    assert calls == [1]  # pruned again, not reused
