@@ -18,6 +18,12 @@ def padding(shape: tuple[int, int], dilation: int) -> tuple[int, int]:
     return dilation * (shape[0] // 2), dilation * (shape[1] // 2)
 
 
+def pad_kernel(kernel: Tensor, size: tuple[int, int]) -> Tensor:
+    """A (C, 1, kh, kw) kernel centred in a zero ``size`` kernel (the same tensor when it is that size)."""
+    ph, pw = (size[0] - kernel.shape[-2]) // 2, (size[1] - kernel.shape[-1]) // 2
+    return F.pad(kernel, (pw, pw, ph, ph)) if ph or pw else kernel
+
+
 def dwconv(x: Tensor, kernel: Tensor, dilation: int, bias: Tensor | None = None) -> Tensor:
     shape = (kernel.shape[-2], kernel.shape[-1])
     return F.conv2d(x, kernel, bias, padding=padding(shape, dilation), dilation=dilation, groups=x.shape[1])

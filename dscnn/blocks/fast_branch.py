@@ -41,12 +41,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from dscnn.blocks.batch_norm_stats import channel_sums, in_scope, update_running_stats
-from dscnn.blocks.depthwise_ops import dwconv, dwconv_t, weight_grad
+from dscnn.blocks.depthwise_ops import dwconv, dwconv_t, pad_kernel, weight_grad
 from dscnn.blocks.moment_branches import branch_grads, branch_moments, stack_padded
 from dscnn.blocks.patch_moments import add_border, moment_mix, patch_gram
 from dscnn.layers import ConvBN
@@ -119,11 +118,6 @@ class _Plan:
     means: list[Tensor] = field(default_factory=list)  # batch mean per BN (kernel, then x-branches)
     variances: list[Tensor] = field(default_factory=list)  # biased batch variance per BN
     count: int = 0  # elements per channel
-
-
-def _pad_to(kernel: Tensor, size: tuple[int, int]) -> Tensor:
-    ph, pw = (size[0] - kernel.shape[-2]) // 2, (size[1] - kernel.shape[-1]) // 2
-    return F.pad(kernel, (pw, pw, ph, ph))
 
 
 def _crop(full: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -255,7 +249,7 @@ class _FastBranchSum(torch.autograd.Function):
                 dz = z.mul_(_row(e)).addcmul_(g, _row(t))  # dL/dz_b less its constant c_b
                 dw = weight_grad(x, dz, shape, d) + _col(c) * _crop(patches, shape)
                 del z, dz
-                const_kernel.add_(_pad_to(w * _col(c), size))
+                const_kernel.add_(pad_kernel(w * _col(c), size))
                 grads.extend([dw, k * inv, sum_g])
         if nx:
             ch, cw = size[0] // 2, size[1] // 2
@@ -302,11 +296,11 @@ def _x_branch_grads(
     scale_x = torch.zeros_like(x_mean)
     grads: list[Tensor | None] = []
     weight_iter = iter(weights)
+    centred = corr_c - x_mean * sum_g  # sum(g * (x - mu_x)), shared by every x-term
     for j, has_weight in enumerate(plan.scaled):
         a = next(weight_iter).view(-1) if has_weight else torch.ones_like(x_mean)
         t, mu, var = ts[j], plan.means[nk + j], plan.variances[nk + j]
         inv = torch.rsqrt(var + plan.eps[nk + j])
-        centred = corr_c - x_mean * sum_g  # sum(g * (x - mu_x))
         k = a * centred
         e = -t * inv.square() * k / n
         c = -t * sum_g / n - e * mu
@@ -341,7 +335,7 @@ def _folded(
     else:
         w_eff = ts.new_zeros((channels, 1, *plan.size))
         for b in range(nk):
-            w_eff = w_eff + _pad_to(kernels[b] * _col(ts[:, b]), plan.size)  # type: ignore[operator]
+            w_eff = w_eff + pad_kernel(kernels[b] * _col(ts[:, b]), plan.size)  # type: ignore[operator]
     bias = (betas - ts * means).sum(1)
     for j in range(ts.shape[1] - nk):
         a = kernels[nk + j]

@@ -14,17 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from dscnn.blocks.depthwise_ops import pad_kernel
 
 
 def stack_padded(kernels: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
     """(C, 1, kh, kw) kernels, each centred in a zero ``size`` kernel, flattened and stacked: (C, B, D)."""
-    padded = []
-    for w in kernels:
-        ph, pw = (size[0] - w.shape[-2]) // 2, (size[1] - w.shape[-1]) // 2
-        padded.append(F.pad(w, (pw, pw, ph, ph)).flatten(1) if ph or pw else w.flatten(1))
-    return torch.stack(padded, 1)
+    return torch.stack([pad_kernel(w, size).flatten(1) for w in kernels], 1)
 
 
 def branch_moments(stacked: Tensor, patches: Tensor, gram: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:
