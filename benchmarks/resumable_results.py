@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dscnn.checkpoint import remove_stale_temps, temp_path
+
 
 class ResumeMismatch(ValueError):
     """The file to resume does not fit this run (a one-line message)."""
@@ -117,6 +119,10 @@ class ResumableResults:
         """Write the document: command, settings, ``complete``, ``fields``, ``earlier_runs``, rows."""
         doc = {"command": command, **self.settings, "complete": self.complete(), **fields,
                **({"earlier_runs": self.earlier_runs} if self.earlier_runs else {}), "results": list(self.rows.values())}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, self.path)  # a kill mid-write leaves the previous file whole
+        remove_stale_temps(self.path)
+        tmp = temp_path(self.path)
+        try:
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+            os.replace(tmp, self.path)  # a kill mid-write leaves the previous file whole
+        finally:
+            tmp.unlink(missing_ok=True)
