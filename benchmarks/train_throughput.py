@@ -31,8 +31,10 @@ list of thread counts when it has several.
 
 Each row is measured in its own child process (this script with the hidden ``--one-row``, run by
 ``row_runner.py``), so one row's memory cannot pile up into the next (the full grid in one process
-was OOM-killed at 24 GiB RSS on dscnn_t1, each row alone peaking at 1.4-2.7 GiB) and a row that
-dies does not end the run.
+was OOM-killed at 24 GiB RSS on dscnn_t1) and a row that dies does not end the run. A row holds
+its five forms in one process so that their steps alternate, so its peak is about the sum of
+theirs: 1 thread, 32 px, batch 64, about 7.8 GB for dscnn_t0 and 11.6 GB for falconnet, about
+twice that at batch 128 (falconnet's then exceeds a 24 GB machine).
 The parent polls the child's RSS every 0.1 s and kills it past ``--max-rss-gb`` GiB (an RSS cap, not
 RLIMIT_AS: torch reserves address space far beyond what it touches, about 3.3 GiB of it for
 0.65 GiB resident on a tiny resnet20 row, and CUDA's context reserves far more). A parent stopped
@@ -292,7 +294,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="--resume even from a file measured on another CPU, torch version or commit")
     p.add_argument("--in-process", action="store_true", help="measure every row in this process (debugging)")
     p.add_argument("--max-rss-gb", dest="max_rss_gib", type=_positive(float), default=16.0,
-                   help="kill a row's process past this resident memory in GiB (default 16; one row peaks at 1.4-2.7 GiB)")
+                   help="kill a row's process past this resident memory in GiB (default 16; a dscnn_t0 row at "
+                        "32 px, batch 64 peaks near 7.8 GB, about twice that at batch 128)")
     p.add_argument("--one-row", help=argparse.SUPPRESS)  # child mode: one Point as JSON ...
     p.add_argument("--row-out", help=argparse.SUPPRESS)  # ... whose row is written here
     a = p.parse_args(argv)
