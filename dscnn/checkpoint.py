@@ -114,6 +114,18 @@ def temp_path(path: str | os.PathLike[str]) -> Path:
             continue
 
 
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a `temp_path` and a rename: a kill mid-write leaves the
+    previous file whole (or none), never half a file."""
+    remove_stale_temps(path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
     """Delete temp files of ``path`` (`temp_path` names) whose writer is gone; returns what was removed.
 

@@ -175,7 +175,8 @@ class SearchObjective:
             if self.settings.pareto:
                 return  # Optuna 5 cannot report/prune per step in multi-objective studies
             trial.report(accuracy, epoch)
-            if trial.should_prune():
+            # after the last epoch stopping saves nothing and would throw the finished result away
+            if epoch + 1 < self.settings.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} at accuracy {accuracy:.4f}")
 
         try:

@@ -20,13 +20,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from dscnn.checkpoint import CheckpointError
+from dscnn.checkpoint import CheckpointError, write_text_atomic
 from dscnn.data import DataError
+from dscnn.environment import git_revision
 from dscnn.measure_cache import CacheUnusable
 from searchspace.identity import SearchError
 from searchspace.storage import JournalDamaged
@@ -55,17 +55,12 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
             plan.stage_dir(stage).mkdir(parents=True, exist_ok=True)
             record = steps[stage](plan, records, console)
             record["seconds"] = round(time.time() - started, 1)
+            record.setdefault("git", git_revision())  # stages run at different times, maybe on other code
             records[stage] = record
-            _write_atomic(marker, json.dumps(record, indent=2, default=str))
+            write_text_atomic(marker, json.dumps(record, indent=2, default=str))
         if stage == stop_after:
             break
     return records
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

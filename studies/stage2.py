@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,19 @@ import torch
 from rich.console import Console
 
 import dscnn
+from dscnn.checkpoint import write_text_atomic
 from dscnn.data import ImageDataset, load_dataset
+from dscnn.environment import git_revision
+from dscnn.memory_format import choose_memory_format
 from dscnn.side_by_side import measure_side_by_side
-from dscnn.train import TrainConfig, evaluate_accuracy, train_and_evaluate
+from dscnn.train import TrainConfig, TrainingDiverged, evaluate_accuracy, resolve_device, train_and_evaluate
 from searchspace import SearchConfig, open_storage
 from searchspace.device_lock import DeviceLock
 from searchspace.report import TrialRow, trained, trial_rows
 from studies.plan import StudyError
+from studies.stage2_table import markdown, summary_row, verdict
 
-__all__ = ["Candidate", "Stage2Config", "markdown", "run_record", "run_stage2", "select_candidates", "verdict"]
+__all__ = ["Candidate", "Stage2Config", "excluded_baselines", "run_record", "run_stage2", "select_candidates"]
 
 
 @dataclass(frozen=True)
@@ -71,17 +74,38 @@ class Candidate:
 def select_candidates(rows: list[TrialRow], top_k: int) -> list[Candidate]:
     """The top-k searched trials by stage-1 validation accuracy and every baseline that fit the budget.
 
-    Reads nothing but stage-1 trial records: the test split cannot influence the choice.
+    Reads nothing but stage-1 trial records: the test split cannot influence the choice. A searched
+    architecture sampled twice counts once (its better trial), so it cannot take two of the k places.
     """
     done = trained(rows)
     searched = sorted((r for r in done if not r.is_baseline), key=lambda r: (-(r.accuracy or 0.0), r.number))
-    chosen = searched[:top_k]
+    chosen: list[TrialRow] = []
+    archs: set[str] = set()
+    for r in searched:
+        key = _arch_key(r.arch)
+        if key not in archs and len(chosen) < top_k:
+            archs.add(key)
+            chosen.append(r)
     seen: set[str] = set()
     for r in sorted(rows, key=lambda r: r.number):
         if r.is_baseline and r.feasible and r.arch and r.label not in seen:  # a re-run trial counts once
             seen.add(r.label)
             chosen.append(r)
     return [Candidate(r.label, r.number, r.is_baseline, json.loads(r.arch or "{}"), r.accuracy) for r in chosen]
+
+
+def excluded_baselines(rows: list[TrialRow]) -> list[dict[str, Any]]:
+    """Baselines stage 1 timed over the budget (so stage 2 does not train them), for the table's footnote."""
+    feasible = {r.label for r in rows if r.is_baseline and r.feasible}
+    out: dict[str, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: r.number):
+        if r.is_baseline and r.feasible is False and r.label not in feasible:
+            out.setdefault(r.label, {"label": r.label, "stage1_latency_ms": r.latency_ms})
+    return list(out.values())
+
+
+def _arch_key(arch: str | None) -> str:
+    return json.dumps(json.loads(arch or "{}"), sort_keys=True)
 
 
 def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: Console | None = None) -> dict[str, Any]:
@@ -91,50 +115,105 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
         raise StudyError("stage 2 reports on a test split that selection never saw: set holdout_per_class in "
                          "[search] (validation is then held out of the training split)")
     study = optuna.load_study(study_name=search.study_name, storage=open_storage(search.storage))
-    candidates = select_candidates(trial_rows(study), config.top_k)
+    rows = trial_rows(study)
+    candidates = select_candidates(rows, config.top_k)
     if not any(not c.is_baseline for c in candidates):
         raise StudyError("stage 2: the search has no trained feasible trial to compare")
     data = load_dataset(search.data)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    recipe = _recipe(search, config, out)
+    lock = DeviceLock(search.device_lock, device=search.latency.device)
+    total = len(candidates) * len(config.seeds)
+    for i, (candidate, seed) in enumerate((c, s) for c in candidates for s in config.seeds):
+        path = runs / f"{_slug(candidate.label)}-s{seed}.json"
+        key = _run_key(candidate, seed, recipe, search)
+        if path.is_file():
+            if json.loads(path.read_text()).get("key") == key:
+                continue
+            console.log(f"stage 2: {path.name} was trained with another recipe, data or architecture: training again")
+        console.log(f"stage 2 [{i + 1}/{total}]: {candidate.label} seed {seed}, {recipe.epochs} epochs")
+        with lock.training() as slot:
+            record = _train_one(candidate, seed, recipe, data, runs, slot)
+        _write_json(path, {**record, "key": key})
+    latencies = _latencies(candidates, search, out, data)
+    stored = {c.label: [json.loads((runs / f"{_slug(c.label)}-s{s}.json").read_text()) for s in config.seeds]
+              for c in candidates}
+    rows_out = [summary_row({"label": c.label, "trial": c.trial, "baseline": c.is_baseline, "arch": c.arch,
+                             "stage1_val_accuracy": c.stage1_val_accuracy},
+                            stored[c.label], latencies["results"][c.label], search.budget_ms) for c in candidates]
+    rows_out.sort(key=lambda r: -(r["test_mean"] if r["test_mean"] is not None else -1.0))
+    summary = {"budget_ms": search.budget_ms, "seeds": list(config.seeds), "epochs": config.epochs,
+               "top_k": config.top_k, "recipe": dataclasses.asdict(recipe), "rows": rows_out,
+               "excluded_baselines": excluded_baselines(rows), "verdict": verdict(rows_out),
+               "git": git_revision()}
+    _write_json(out / "stage2.json", summary)
+    write_text_atomic(out / "stage2.md", markdown(summary) + "\n")
+    return summary
+
+
+def _recipe(search: SearchConfig, config: Stage2Config, out: Path) -> TrainConfig:
+    """The one recipe of every stage-2 run. An "auto" memory format is decided once and stored, so a
+    resumed stage trains in the same layout (oneDNN's two layouts do not round alike)."""
     recipe = dataclasses.replace(
         search.train, epochs=config.epochs, lr=config.lr or search.train.lr,
         batch_size=config.batch_size or search.train.batch_size,
     )
-    runs = out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    total = len(candidates) * len(config.seeds)
-    for i, (candidate, seed) in enumerate((c, s) for c in candidates for s in config.seeds):
-        path = runs / f"{_slug(candidate.label)}-s{seed}.json"
-        if path.is_file():
-            continue
-        console.log(f"stage 2 [{i + 1}/{total}]: {candidate.label} seed {seed}, {recipe.epochs} epochs")
-        _write_json(path, _train_one(candidate, seed, recipe, data, runs))
-    latencies = _latencies(candidates, search, out, data)
-    summary = _summarise(candidates, config, runs, latencies, search)
-    _write_json(out / "stage2.json", summary)
-    (out / "stage2.md").write_text(markdown(summary) + "\n")
-    return summary
+    if recipe.memory_format != "auto":
+        return recipe
+    path = out / "memory_format.json"
+    if path.is_file():
+        name = str(json.loads(path.read_text())["memory_format"])
+    else:
+        choice = choose_memory_format(resolve_device(recipe.device), "auto")
+        name = choice.name
+        _write_json(path, choice.to_dict() | {"memory_format": name})
+    return dataclasses.replace(recipe, memory_format=name)
 
 
-def _train_one(candidate: Candidate, seed: int, recipe: TrainConfig, data: ImageDataset, runs: Path) -> dict[str, Any]:
+def _run_key(candidate: Candidate, seed: int, recipe: TrainConfig, search: SearchConfig) -> dict[str, Any]:
+    """What a stored run was trained with; a run stored under another key is trained again."""
+    doc = {"arch_hash": dscnn.config_from_dict(candidate.arch).arch_hash(), "seed": seed,
+           "recipe": dataclasses.asdict(dataclasses.replace(recipe, seed=seed)),
+           "data": dataclasses.asdict(search.data)}
+    return dict(json.loads(json.dumps(doc, default=str)))
+
+
+def _train_one(candidate: Candidate, seed: int, recipe: TrainConfig, data: ImageDataset, runs: Path,
+               slot: Any = None) -> dict[str, Any]:
+    def between_epochs(epoch: int, accuracy: float) -> None:
+        if slot is not None:
+            with slot.paused():  # a latency measurement waiting on the device lock runs here
+                pass
+
     torch.manual_seed(seed)
     model = dscnn.build_model(dscnn.config_from_dict(candidate.arch))
-    result = train_and_evaluate(model, data, dataclasses.replace(recipe, seed=seed), progress=True)
+    base = {"label": candidate.label, "seed": seed, "epochs": recipe.epochs, "threads": torch.get_num_threads()}
+    try:
+        result = train_and_evaluate(model, data, dataclasses.replace(recipe, seed=seed), progress=True,
+                                    on_epoch=between_epochs)
+    except TrainingDiverged as exc:  # a row of the table (deterministic: a resume would diverge again)
+        return {**base, "diverged": str(exc)}
     test_view = data.test_view()
     test_accuracy = evaluate_accuracy(model, test_view, recipe)
     checkpoint = runs / f"{_slug(candidate.label)}-s{seed}.pt"
     dscnn.save_checkpoint(checkpoint, model.cpu(), metrics={"val_accuracy": result.final_accuracy,
                                                              "test_accuracy": test_accuracy, "seed": seed})
-    return {"label": candidate.label, "seed": seed, "val_accuracy": result.final_accuracy,
-            "test_accuracy": test_accuracy, "epochs": recipe.epochs, "seconds": result.seconds,
+    return {**base, "val_accuracy": result.final_accuracy, "test_accuracy": test_accuracy,
+            "test_images": len(test_view.val_labels), "seconds": result.seconds,
+            "memory_format": result.memory_format, "train_images_per_second": result.train_images_per_second,
             "checkpoint": checkpoint.name}
 
 
 def _latencies(candidates: list[Candidate], search: SearchConfig, out: Path, data: ImageDataset) -> dict[str, Any]:
+    """Every candidate's deploy form timed side by side in one run; stored, and reused by a resumed
+    stage only for the same candidates and only when no entry was measured on a busy machine."""
     path = out / "latency.json"
     if path.is_file():
         stored = dict(json.loads(path.read_text()))
-        if set(stored["results"]) == {c.label for c in candidates}:
-            return stored  # else the candidates changed: time the new set together again
+        busy = any(r.get("busy") for r in stored["results"].values())
+        if set(stored["results"]) == {c.label for c in candidates} and not busy:
+            return stored
     resolution = search.data.resolution or data.resolution
     settings = search.latency.replace(resolution=resolution)
     models = {c.label: dscnn.deploy_copy(dscnn.build_model(dscnn.config_from_dict(c.arch))) for c in candidates}
@@ -143,70 +222,6 @@ def _latencies(candidates: list[Candidate], search: SearchConfig, out: Path, dat
     doc = {"settings": settings.to_dict(), "results": {k: dataclasses.asdict(v) for k, v in results.items()}}
     _write_json(path, doc)
     return doc
-
-
-def _summarise(candidates: list[Candidate], config: Stage2Config, runs: Path, latencies: dict[str, Any],
-               search: SearchConfig) -> dict[str, Any]:
-    rows = []
-    for c in candidates:
-        seeds = [json.loads((runs / f"{_slug(c.label)}-s{s}.json").read_text()) for s in config.seeds]
-        test = [r["test_accuracy"] for r in seeds]
-        val = [r["val_accuracy"] for r in seeds]
-        latency = latencies["results"][c.label]
-        rows.append({
-            "label": c.label, "trial": c.trial, "baseline": c.is_baseline, "stage1_val_accuracy": c.stage1_val_accuracy,
-            "test_mean": statistics.mean(test), "test_std": statistics.stdev(test), "test": test,
-            "val_mean": statistics.mean(val), "latency_ms": latency["median_ms"], "latency_noisy": latency["noisy"],
-            "latency_busy": latency.get("busy", False),
-            "fits": search.budget_ms is None or latency["median_ms"] <= search.budget_ms,
-        })
-    rows.sort(key=lambda r: -r["test_mean"])
-    return {"budget_ms": search.budget_ms, "seeds": list(config.seeds), "epochs": config.epochs,
-            "top_k": config.top_k, "rows": rows, "verdict": verdict(rows)}
-
-
-def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Does the best searched model beat the best fitting baseline at no more latency? (by mean test accuracy)"""
-    searched = [r for r in rows if not r["baseline"]]
-    baselines = [r for r in rows if r["baseline"] and r["fits"]]
-    if not searched or not baselines:
-        return {"comparable": False, "reason": "no searched model or no baseline within the budget"}
-    best_base = max(baselines, key=lambda r: r["test_mean"])
-    rivals = [r for r in searched if r["latency_ms"] <= best_base["latency_ms"]]
-    best = max(rivals or searched, key=lambda r: r["test_mean"])
-    return {
-        "comparable": True, "best_searched": best["label"], "best_baseline": best_base["label"],
-        "gain_points": round(100 * (best["test_mean"] - best_base["test_mean"]), 2),
-        "at_most_baseline_latency": best["latency_ms"] <= best_base["latency_ms"],
-    }
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    """The stage-2 table, from the stored summary only."""
-    lines = [
-        f"Stage 2: {len(summary['seeds'])} seeds x {summary['epochs']} epochs, test split (never used to choose); "
-        "latency measured side by side in one interleaved run.",
-        "",
-        "| model | baseline | test top-1 mean | spread (std) | per seed | val mean | stage-1 val | latency ms | fits |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in summary["rows"]:
-        flag = " (noisy)" if r["latency_noisy"] else ""
-        flag += " (busy machine)" if r.get("latency_busy") else ""
-        stage1 = f"{r['stage1_val_accuracy']:.4f}" if r["stage1_val_accuracy"] is not None else "-"
-        lines.append(
-            f"| {r['label']} | {'yes' if r['baseline'] else 'no'} | {r['test_mean']:.4f} | {r['test_std']:.4f} | "
-            f"{', '.join(f'{t:.4f}' for t in r['test'])} | {r['val_mean']:.4f} | {stage1} | "
-            f"{r['latency_ms']:.3f}{flag} | {'yes' if r['fits'] else 'no'} |"
-        )
-    v = summary["verdict"]
-    if v["comparable"]:
-        lines += ["", f"Best searched ({v['best_searched']}) vs best fitting baseline ({v['best_baseline']}): "
-                      f"{v['gain_points']:+.2f} points of mean test top-1"
-                      f"{'' if v['at_most_baseline_latency'] else ' (but slower than that baseline)'}."]
-    else:
-        lines += ["", f"No comparison: {v['reason']}."]
-    return "\n".join(lines)
 
 
 def _slug(label: str) -> str:
@@ -220,6 +235,4 @@ def run_record(out: Path, label: str, seed: int) -> dict[str, Any]:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")

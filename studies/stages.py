@@ -65,12 +65,16 @@ def retrain(plan: StudyPlan, records: dict[str, Record], console: Console) -> Re
 
 def _stage2_winner(plan: StudyPlan, summary: Record) -> Record:
     from studies.stage2 import run_record
+    from studies.stage2_table import winner
 
-    searched = [r for r in summary["rows"] if not r["baseline"]]
-    best = max(searched, key=lambda r: r["val_mean"])  # chosen by validation, like everything else
-    run = run_record(plan.stage_dir("stage2"), best["label"], summary["seeds"][0])
+    best = winner(summary["rows"])  # by validation among those that fit: the verdict's model too
+    if best is None:
+        raise StudyError("stage 2: no searched model finished training (every seed diverged)")
+    seed = next(s for s in summary["seeds"] if s not in best.get("diverged_seeds", []))
+    run = run_record(plan.stage_dir("stage2"), best["label"], seed)
     return {"checkpoint": run["checkpoint"], "accuracy": run["val_accuracy"], "test_accuracy": run["test_accuracy"],
-            "epochs": run["epochs"], "from_stage2": best["label"]}
+            "epochs": run["epochs"], "from_stage2": best["label"], "seed": seed, "arch": best.get("arch"),
+            "stage1_val_accuracy": best.get("stage1_val_accuracy"), "fits": best.get("fits")}
 
 
 def _algorithm(method: str, options: dict[str, Any]) -> Any:

@@ -41,18 +41,8 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
         "![Pareto plot: searched trials, Pareto front, each hand-designed baseline named in the legend, "
         "over-budget trials (x), budget line](pareto.png)",
         "",
-        f"## Winner: {search['best_trial']} ({search['arch'].get('family')})",
-        "",
-        _describe(search["arch"]),
-        "",
-        "| field | value |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in search["arch"].items()],
-        "",
-        f"Proxy accuracy in the search {search['best_accuracy']:.4f}; retrained for {retrain['epochs']} epochs: "
-        f"{retrain['accuracy']:.4f}.",
-        "",
-        f"## Before and after pruning ({pr['method']}, target {pr['target']} = {format_macs(pr['target_macs'])} MACs)",
+        *_winner_section(search, retrain),
+        f"## Before and after pruning ({pr['method']}, {_target_text(pr)})",
         "",
         "| model | params | FLOPs (MACs) | latency ms | top-1 |",
         "|---|---|---|---|---|",
@@ -95,6 +85,30 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _winner_section(search: Record, retrain: Record) -> list[str]:
+    """The model handed to pruning: stage 2's winner when there was a stage 2, else the search's best."""
+    if retrain.get("from_stage2"):
+        arch, label = retrain.get("arch") or {}, retrain["from_stage2"]
+        trained = (f"Chosen by stage-2 validation mean among the searched models that fit the budget; stage-1 proxy "
+                   f"validation {_fmt(retrain.get('stage1_val_accuracy'))}; the seed-{retrain.get('seed')} stage-2 run "
+                   f"({retrain['epochs']} epochs) is the one pruned: validation {_fmt(retrain['accuracy'])}, test "
+                   f"{_fmt(retrain.get('test_accuracy'))}.")
+    else:
+        arch, label = search["arch"], search["best_trial"]
+        trained = (f"Proxy accuracy in the search {search['best_accuracy']:.4f}; retrained for {retrain['epochs']} "
+                   f"epochs: {retrain['accuracy']:.4f}.")
+    return [f"## Winner: {label} ({arch.get('family')})", "", _describe(arch), "", "| field | value |", "|---|---|",
+            *[f"| {k} | {v} |" for k, v in arch.items()], "", trained, ""]
+
+
+def _target_text(pr: Record) -> str:
+    """A latency target in ms (its MACs field is then the unpruned model's, not a target)."""
+    target_ms = (pr.get("latency") or {}).get("target_ms")
+    if target_ms is not None:
+        return f"latency target {pr['target']} = {target_ms:.4g} ms"
+    return f"target {pr['target']} = {format_macs(pr['target_macs'])} MACs"
 
 
 def _methods_section(prune: Record) -> list[str]:

@@ -18,14 +18,16 @@ from searchspace import SearchConfig, open_storage
 from searchspace.report import TrialRow
 from studies.plan import StudyError
 from studies.stage2 import Stage2Config, run_stage2, select_candidates
+from studies.stage2_table import markdown, verdict, winner
 from tests.searchspace.tiny import tiny_search_config
 
 ARCH = json.dumps({"family": "resnet_cifar", "depth": 8, "num_classes": 10, "resolution": 32})
 
 
 def _row(number: int, label: str, accuracy: float | None, feasible: bool = True) -> TrialRow:
+    arch = json.dumps({**json.loads(ARCH), "depth": 8 + 6 * number})  # one architecture per trial
     return TrialRow(number, label, "COMPLETE" if accuracy is not None else "PRUNED", feasible, accuracy, 1.0,
-                    1, 1, "resnet_cifar", ARCH, None)
+                    1, 1, "resnet_cifar", arch, None)
 
 
 def test_selection_takes_top_k_searched_by_validation_and_every_fitting_baseline() -> None:
@@ -34,6 +36,14 @@ def test_selection_takes_top_k_searched_by_validation_and_every_fitting_baseline
     chosen = select_candidates(rows, top_k=2)
     assert [c.label for c in chosen] == ["trial 3", "trial 4", "fasternet_t0"]
     assert chosen[0].stage1_val_accuracy == 0.70
+
+
+def test_an_architecture_sampled_twice_takes_one_of_the_top_k_places() -> None:
+    other = json.dumps({"family": "resnet_cifar", "depth": 14, "num_classes": 10, "resolution": 32})
+    twin = json.dumps(json.loads(ARCH), indent=1)  # the same architecture, written differently
+    rows = [dataclasses.replace(_row(2, "trial 2", 0.70), arch=ARCH),
+            dataclasses.replace(_row(3, "trial 3", 0.69), arch=twin), dataclasses.replace(_row(4, "trial 4", 0.50), arch=other)]
+    assert [c.label for c in select_candidates(rows, top_k=2)] == ["trial 2", "trial 4"]
 
 
 def _search(tmp_path: Path) -> SearchConfig:
@@ -84,7 +94,7 @@ def test_stage2_reports_test_accuracy_resumes_and_never_lets_test_choose(tmp_pat
     stored.write_text(json.dumps(doc))
     (tmp_path / "stage2" / "stage2.json").unlink()
     again = run_stage2(search, config, tmp_path / "stage2")
-    assert "0.9877" in stage2.markdown(again) and "0.9877" in (tmp_path / "stage2" / "stage2.md").read_text()
+    assert "0.9877" in markdown(again) and "0.9877" in (tmp_path / "stage2" / "stage2.md").read_text()
 
     # Scrambling the test split changes test accuracies, never which models are compared:
     real_load = stage2.load_dataset
@@ -125,3 +135,82 @@ def test_the_study_runner_runs_stage2_and_retrain_takes_its_winner_by_validation
     assert not records["stage2"]["skipped"] and records["retrain"]["from_stage2"] == "trial 1"
     assert Path(records["retrain"]["checkpoint"]).is_file()
     assert (plan.stage_dir("stage2") / "done.json").is_file()
+
+
+def _srow(label: str, *, baseline: bool, val: float, test: float, latency: float, fits: bool = True,
+          std: float = 0.002, trial: int = 0) -> dict[str, Any]:
+    return {"label": label, "baseline": baseline, "val_mean": val, "test_mean": test, "test_std": std,
+            "test": [test - std, test + std], "latency_ms": latency, "latency_noisy": False, "latency_busy": False,
+            "fits": fits, "trial": trial, "test_images": 10_000, "stage1_val_accuracy": None, "diverged_seeds": []}
+
+
+def test_the_verdict_takes_the_searched_winner_by_validation_and_the_strongest_baseline_by_test() -> None:
+    rows = [_srow("trial 1", baseline=False, val=0.70, test=0.700, latency=3.0, trial=1),
+            _srow("trial 2", baseline=False, val=0.69, test=0.760, latency=3.0, trial=2),  # better on test only
+            _srow("trial 3", baseline=False, val=0.90, test=0.800, latency=9.0, fits=False, trial=3),
+            _srow("resnet20", baseline=True, val=0.99, test=0.680, latency=4.0),
+            _srow("fasternet_t0", baseline=True, val=0.50, test=0.685, latency=4.5)]
+    v = verdict(rows)
+    assert winner(rows)["label"] == "trial 1" and v["best_searched"] == "trial 1"  # not trial 2 (test), not 3 (over)
+    assert v["best_baseline"] == "fasternet_t0"  # the strongest on test, though resnet20 validates better
+    assert v["gain_points"] == 1.5 and v["goal_met"] and v["at_most_baseline_latency"]
+    assert 1.0 < v["noise_points"] < 1.5 and v["beyond_noise"]
+    assert [a["baseline"] for a in v["against"]] == ["resnet20", "fasternet_t0"]
+    assert "**met**" in markdown({"seeds": [0, 1], "epochs": 8, "rows": rows, "verdict": v})
+
+
+def test_the_goal_needs_one_point_at_no_more_latency() -> None:
+    small = [_srow("trial 1", baseline=False, val=0.7, test=0.705, latency=3.0),
+             _srow("resnet20", baseline=True, val=0.7, test=0.700, latency=4.0)]
+    assert verdict(small)["gain_points"] == 0.5 and not verdict(small)["goal_met"]
+    slower = [_srow("trial 1", baseline=False, val=0.7, test=0.75, latency=5.0),
+              _srow("resnet20", baseline=True, val=0.7, test=0.70, latency=4.0)]
+    v = verdict(slower)
+    assert v["gain_points"] == 5.0 and not v["at_most_baseline_latency"] and not v["goal_met"]
+    assert "slower than it" in markdown({"seeds": [0, 1], "epochs": 8, "rows": slower, "verdict": v})
+    over = [_srow("trial 1", baseline=False, val=0.7, test=0.75, latency=9.0, fits=False),
+            _srow("resnet20", baseline=True, val=0.7, test=0.70, latency=4.0)]
+    assert verdict(over) == {"comparable": False, "reason": "no searched model within the budget"}
+
+
+def test_a_diverged_run_is_a_row_kept_on_resume_and_a_changed_recipe_retrains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    search = _search(tmp_path)
+    config = Stage2Config(top_k=1, seeds=(0, 1), epochs=1)
+    real = stage2.train_and_evaluate
+    calls: list[int] = []
+
+    def diverge_on_baseline_seed1(model: Any, data: Any, recipe: Any, **kw: Any) -> Any:
+        calls.append(recipe.seed)
+        if recipe.seed == 1 and sum(p.numel() for p in model.parameters()) > 2_000:  # the baseline's seed 1
+            raise stage2.TrainingDiverged(0, 3)
+        return real(model, data, recipe, **kw)
+
+    monkeypatch.setattr(stage2, "train_and_evaluate", diverge_on_baseline_seed1)
+    out = tmp_path / "stage2"
+    summary = run_stage2(search, config, out)
+    rows = {r["label"]: r for r in summary["rows"]}
+    diverged = [r for r in rows.values() if r["diverged_seeds"]]
+    assert len(diverged) == 1 and diverged[0]["diverged_seeds"] == [1] and len(diverged[0]["test"]) == 1
+    assert "diverged: seed 1" in (out / "stage2.md").read_text()
+    assert json.loads((out / "memory_format.json").read_text())["memory_format"] in ("channels_last", "contiguous")
+    n = len(calls)
+    run_stage2(search, config, out)
+    assert len(calls) == n  # nothing retrained, the divergence included
+    run_stage2(search, dataclasses.replace(config, epochs=2), out)
+    assert len(calls) == n + 4  # every run was stored with one epoch: all trained again
+
+
+def test_a_busy_side_by_side_timing_is_measured_again_on_resume(tmp_path: Path) -> None:
+    search = _search(tmp_path)
+    config = Stage2Config(top_k=1, seeds=(0, 1), epochs=1)
+    out = tmp_path / "stage2"
+    run_stage2(search, config, out)
+    path = out / "latency.json"
+    doc = json.loads(path.read_text())
+    for r in doc["results"].values():
+        r["median_ms"], r["busy"] = 123.0, True
+    path.write_text(json.dumps(doc))
+    again = run_stage2(search, config, out)
+    assert all(r["latency_ms"] != 123.0 for r in again["rows"])

@@ -1,0 +1,132 @@
+"""Stage 2's table and verdict, built only from the stored per-run results (`studies.stage2`).
+
+The verdict answers issue 18's question the way a skeptical reader would: the searched model is the
+one the toolkit hands the user (the best stage-2 **validation** mean among searched models that fit
+the budget in the side-by-side timing; the test split chooses nothing), and it is held against the
+**strongest** fitting baseline on test (the bar can only be set higher that way). The goal is met
+when it is at least `GOAL_POINTS` better at no more measured latency; the test split's sampling
+noise and the seed spreads are stated beside the gain, so a reader can see whether it is beyond them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+__all__ = ["GOAL_POINTS", "markdown", "summary_row", "verdict", "winner"]
+
+GOAL_POINTS = 1.0  # best searched >= best fitting baseline + 1.0 point of mean test top-1 (issue 18)
+
+
+def summary_row(candidate: dict[str, Any], runs: list[dict[str, Any]], latency: dict[str, Any],
+                budget_ms: float | None) -> dict[str, Any]:
+    """One candidate's row from its stored runs (a diverged seed has no accuracy and is listed)."""
+    finished = [r for r in runs if "diverged" not in r]
+    test = [r["test_accuracy"] for r in finished]
+    val = [r["val_accuracy"] for r in finished]
+    return {
+        **candidate,
+        "test": test, "test_mean": statistics.mean(test) if test else None,
+        "test_std": statistics.stdev(test) if len(test) > 1 else None,
+        "val_mean": statistics.mean(val) if val else None,
+        "diverged_seeds": [r["seed"] for r in runs if "diverged" in r],
+        "test_images": max((r.get("test_images", 0) for r in finished), default=0),
+        "memory_formats": sorted({r["memory_format"] for r in finished if r.get("memory_format")}),
+        "latency_ms": latency["median_ms"], "latency_noisy": latency["noisy"],
+        "latency_busy": latency.get("busy", False),
+        "fits": budget_ms is None or latency["median_ms"] <= budget_ms,
+    }
+
+
+def winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The searched model the study hands on (retrain, prune, export and the verdict all take this one):
+    best stage-2 validation mean among searched rows that fit the budget, else among all searched rows."""
+    searched = [r for r in rows if not r["baseline"] and r["val_mean"] is not None]
+    pool = [r for r in searched if r["fits"]] or searched
+    return max(pool, key=lambda r: (r["val_mean"], -r["trial"])) if pool else None
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Does the searched winner beat the strongest fitting baseline by `GOAL_POINTS` at no more latency?"""
+    best = winner(rows)
+    baselines = [r for r in rows if r["baseline"] and r["fits"] and r["test_mean"] is not None]
+    if best is None or not best["fits"] or not baselines:
+        return {"comparable": False,
+                "reason": "no searched model within the budget" if best is None or not best["fits"]
+                else "no baseline within the budget finished stage 2"}
+    rival = max(baselines, key=lambda r: r["test_mean"])
+    gain = 100 * (best["test_mean"] - rival["test_mean"])
+    at_most = best["latency_ms"] <= rival["latency_ms"]
+    noise = _noise_points(best, rival)
+    spread = 100 * ((best["test_std"] or 0.0) + (rival["test_std"] or 0.0))
+    return {
+        "comparable": True, "best_searched": best["label"], "best_baseline": rival["label"],
+        "gain_points": round(gain, 2), "goal_points": GOAL_POINTS,
+        "at_most_baseline_latency": at_most, "goal_met": at_most and gain >= GOAL_POINTS,
+        "noise_points": round(noise, 2), "spread_points": round(spread, 2),
+        "beyond_noise": abs(gain) > max(noise, spread),
+        "latency_ratio": round(best["latency_ms"] / rival["latency_ms"], 3),
+        "latency_caveat": any(r["latency_noisy"] or r["latency_busy"] for r in (best, rival)),
+        "against": [{"baseline": r["label"], "gain_points": round(100 * (best["test_mean"] - r["test_mean"]), 2),
+                     "latency_ratio": round(best["latency_ms"] / r["latency_ms"], 3)} for r in baselines],
+    }
+
+
+def _noise_points(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Two binomial standard errors of a difference of two accuracies on ``test_images`` images."""
+    n = min(a["test_images"], b["test_images"])
+    if n <= 0:
+        return float("nan")
+    pa, pb = a["test_mean"], b["test_mean"]
+    return 100 * 2 * math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The stage-2 table and verdict, from the stored summary only."""
+    lines = [
+        f"Stage 2: {len(summary['seeds'])} seeds x {summary['epochs']} epochs, test split (never used to choose); "
+        "latency measured side by side in one interleaved run.",
+        "",
+        "| model | baseline | test top-1 mean | spread (std) | per seed | val mean | stage-1 val | latency ms | fits |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["rows"]:
+        flag = " (noisy)" if r["latency_noisy"] else ""
+        flag += " (busy machine)" if r.get("latency_busy") else ""
+        seeds = ", ".join(f"{t:.4f}" for t in r["test"])
+        if r.get("diverged_seeds"):
+            seeds += f" (diverged: seed {', '.join(map(str, r['diverged_seeds']))})"
+        lines.append(
+            f"| {r['label']} | {'yes' if r['baseline'] else 'no'} | {_fmt(r['test_mean'])} | {_fmt(r['test_std'])} | "
+            f"{seeds} | {_fmt(r['val_mean'])} | {_fmt(r['stage1_val_accuracy'])} | "
+            f"{r['latency_ms']:.3f}{flag} | {'yes' if r['fits'] else 'no'} |"
+        )
+    excluded = summary.get("excluded_baselines") or []
+    if excluded:
+        lines += ["", "Not in stage 2 (over the budget when stage 1 timed them): "
+                  + ", ".join(f"{e['label']} {_fmt(e['stage1_latency_ms'], 3)} ms" for e in excluded) + "."]
+    lines += ["", _verdict_line(summary["verdict"])]
+    return "\n".join(lines)
+
+
+def _verdict_line(v: dict[str, Any]) -> str:
+    if not v["comparable"]:
+        return f"No comparison: {v['reason']}."
+    goal = "met" if v["goal_met"] else "missed"
+    slower = "" if v["at_most_baseline_latency"] else ", but slower than it"
+    against = "; ".join(f"{a['baseline']} {a['gain_points']:+.2f} at {a['latency_ratio']:.2f}x" for a in v["against"])
+    return (
+        f"**Verdict:** the searched winner ({v['best_searched']}, chosen by validation) vs the strongest fitting "
+        f"baseline on test ({v['best_baseline']}): {v['gain_points']:+.2f} points of mean test top-1 at "
+        f"{v['latency_ratio']:.2f}x its latency{slower}. Goal (>= +{v['goal_points']:.1f} at no more latency): "
+        f"**{goal}**. Test-split noise +/-{v['noise_points']:.2f} points (two binomial SEs), seed spreads "
+        f"{v['spread_points']:.2f} points (sum of both stds): the gain is "
+        f"{'beyond' if v['beyond_noise'] else 'within'} them."
+        + (" One of the two latencies was noisy or busy." if v["latency_caveat"] else "")
+        + f" Against every fitting baseline: {against}."
+    )
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
