@@ -4,8 +4,9 @@
 on CPU (measured here: a DW 3x3 forward ~6x, a whole dscnn_t0 train step ~2x), but whether it wins
 depends on the device, the library build and the precision, so it is measured, not assumed: one
 training step of a small MetaLight-like stack (1x1 conv-BN-ReLU, DW 3x3 conv-BN-ReLU, 1x1 conv-BN)
-in both formats, alternated, best of a few runs each, once per (device, threads) per process. Results are
-identical in both formats (the same maths; only the layout of the activations differs).
+in both formats, alternated, best of a few runs each, once per (device, threads) per process. Results agree
+to rounding in both formats (the same maths; the two layouts' kernels may sum in another order, so a long
+training run can drift apart by seed-noise sizes: a study that resumes pins the choice, `studies.stage2`).
 """
 
 from __future__ import annotations

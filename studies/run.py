@@ -51,11 +51,11 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
             console.log(f"[dim]{stage}: done earlier, skipped ({marker})")
         else:
             console.rule(f"{plan.path.stem}: {stage}")
-            started = time.time()
+            started, revision = time.time(), git_revision()  # at the start: the stage imports its code now
             plan.stage_dir(stage).mkdir(parents=True, exist_ok=True)
             record = steps[stage](plan, records, console)
             record["seconds"] = round(time.time() - started, 1)
-            record.setdefault("git", git_revision())  # stages run at different times, maybe on other code
+            record.setdefault("git", revision)  # stages run at different times, maybe on other code
             records[stage] = record
             write_text_atomic(marker, json.dumps(record, indent=2, default=str))
         if stage == stop_after:

@@ -16,8 +16,10 @@ built only from those stored results.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,10 @@ from searchspace.report import TrialRow, trained, trial_rows
 from studies.plan import StudyError
 from studies.stage2_table import markdown, summary_row, verdict
 
-__all__ = ["Candidate", "Stage2Config", "excluded_baselines", "run_record", "run_stage2", "select_candidates"]
+#: A baseline stage 1 timed up to this factor over the budget still enters the side-by-side timing.
+NEAR_BUDGET = 1.1
+
+__all__ = ["NEAR_BUDGET", "Candidate", "Stage2Config", "excluded_baselines", "run_record", "run_stage2", "select_candidates"]
 
 
 @dataclass(frozen=True)
@@ -71,11 +76,13 @@ class Candidate:
     stage1_val_accuracy: float | None
 
 
-def select_candidates(rows: list[TrialRow], top_k: int) -> list[Candidate]:
+def select_candidates(rows: list[TrialRow], top_k: int, budget_ms: float | None = None) -> list[Candidate]:
     """The top-k searched trials by stage-1 validation accuracy and every baseline that fit the budget.
 
     Reads nothing but stage-1 trial records: the test split cannot influence the choice. A searched
     architecture sampled twice counts once (its better trial), so it cannot take two of the k places.
+    With ``budget_ms``, a baseline stage 1 timed within `NEAR_BUDGET` of it comes too: one stage-1
+    timing near the line must not drop a rival; the side-by-side run decides (`run_stage2`).
     """
     done = trained(rows)
     searched = sorted((r for r in done if not r.is_baseline), key=lambda r: (-(r.accuracy or 0.0), r.number))
@@ -88,19 +95,20 @@ def select_candidates(rows: list[TrialRow], top_k: int) -> list[Candidate]:
             chosen.append(r)
     seen: set[str] = set()
     for r in sorted(rows, key=lambda r: r.number):
-        if r.is_baseline and r.feasible and r.arch and r.label not in seen:  # a re-run trial counts once
+        near = budget_ms is not None and r.latency_ms is not None and r.latency_ms <= NEAR_BUDGET * budget_ms
+        if r.is_baseline and (r.feasible or near) and r.arch and r.label not in seen:  # a re-run trial counts once
             seen.add(r.label)
             chosen.append(r)
     return [Candidate(r.label, r.number, r.is_baseline, json.loads(r.arch or "{}"), r.accuracy) for r in chosen]
 
 
-def excluded_baselines(rows: list[TrialRow]) -> list[dict[str, Any]]:
-    """Baselines stage 1 timed over the budget (so stage 2 does not train them), for the table's footnote."""
-    feasible = {r.label for r in rows if r.is_baseline and r.feasible}
+def excluded_baselines(rows: list[TrialRow], candidates: list[Candidate]) -> list[dict[str, Any]]:
+    """Baselines stage 1 did not carry over (over the budget beyond `NEAR_BUDGET`, or never timed)."""
+    taken = {c.label for c in candidates}
     out: dict[str, dict[str, Any]] = {}
     for r in sorted(rows, key=lambda r: r.number):
-        if r.is_baseline and r.feasible is False and r.label not in feasible:
-            out.setdefault(r.label, {"label": r.label, "stage1_latency_ms": r.latency_ms})
+        if r.is_baseline and r.label not in taken:
+            out.setdefault(r.label, {"label": r.label, "latency_ms": r.latency_ms, "timed": "stage 1"})
     return list(out.values())
 
 
@@ -116,27 +124,43 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
                          "[search] (validation is then held out of the training split)")
     study = optuna.load_study(study_name=search.study_name, storage=open_storage(search.storage))
     rows = trial_rows(study)
-    candidates = select_candidates(rows, config.top_k)
-    if not any(not c.is_baseline for c in candidates):
+    timed = select_candidates(rows, config.top_k, search.budget_ms)
+    if not any(not c.is_baseline for c in timed):
         raise StudyError("stage 2: the search has no trained feasible trial to compare")
     data = load_dataset(search.data)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
+    # cost first, as in stage 1: one side-by-side timing decides which baselines fit (and is the table's)
+    latencies = _latencies(timed, search, out, data)
+    over = {c.label for c in timed if c.is_baseline and search.budget_ms is not None
+            and latencies["results"][c.label]["median_ms"] > search.budget_ms}
+    candidates = [c for c in timed if c.label not in over]
+    excluded = excluded_baselines(rows, timed) + [
+        {"label": label, "latency_ms": latencies["results"][label]["median_ms"], "timed": "side by side"}
+        for label in sorted(over)]
     recipe = _recipe(search, config, out)
     lock = DeviceLock(search.device_lock, device=search.latency.device)
-    total = len(candidates) * len(config.seeds)
-    for i, (candidate, seed) in enumerate((c, s) for c in candidates for s in config.seeds):
+    jobs = [(c, s) for c in candidates for s in config.seeds]
+    seconds: dict[str, float] = {}  # one run's wall time per candidate (its seeds cost about the same)
+    left: list[tuple[Candidate, int, Path]] = []
+    for candidate, seed in jobs:
         path = runs / f"{_slug(candidate.label)}-s{seed}.json"
-        key = _run_key(candidate, seed, recipe, search)
-        if path.is_file():
-            if json.loads(path.read_text()).get("key") == key:
-                continue
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+        if doc.get("key") == _run_key(candidate, seed, recipe, search):
+            if doc.get("seconds"):
+                seconds.setdefault(candidate.label, float(doc["seconds"]))
+            continue
+        if doc:
             console.log(f"stage 2: {path.name} was trained with another recipe, data or architecture: training again")
-        console.log(f"stage 2 [{i + 1}/{total}]: {candidate.label} seed {seed}, {recipe.epochs} epochs")
+        left.append((candidate, seed, path))
+    for n, (candidate, seed, path) in enumerate(left):
+        console.log(f"stage 2 [{len(jobs) - len(left) + n + 1}/{len(jobs)}]: {candidate.label} seed {seed}, "
+                    f"{recipe.epochs} epochs{_eta([c.label for c, _, _ in left[n:]], seconds)}")
+        started = time.monotonic()
         with lock.training() as slot:
             record = _train_one(candidate, seed, recipe, data, runs, slot)
-        _write_json(path, {**record, "key": key})
-    latencies = _latencies(candidates, search, out, data)
+        seconds[candidate.label] = time.monotonic() - started
+        _write_json(path, {**record, "key": _run_key(candidate, seed, recipe, search)})
     stored = {c.label: [json.loads((runs / f"{_slug(c.label)}-s{s}.json").read_text()) for s in config.seeds]
               for c in candidates}
     rows_out = [summary_row({"label": c.label, "trial": c.trial, "baseline": c.is_baseline, "arch": c.arch,
@@ -145,16 +169,26 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
     rows_out.sort(key=lambda r: -(r["test_mean"] if r["test_mean"] is not None else -1.0))
     summary = {"budget_ms": search.budget_ms, "seeds": list(config.seeds), "epochs": config.epochs,
                "top_k": config.top_k, "recipe": dataclasses.asdict(recipe), "rows": rows_out,
-               "excluded_baselines": excluded_baselines(rows), "verdict": verdict(rows_out),
+               "excluded_baselines": excluded, "verdict": verdict(rows_out, excluded),
                "git": git_revision()}
     _write_json(out / "stage2.json", summary)
     write_text_atomic(out / "stage2.md", markdown(summary) + "\n")
     return summary
 
 
+def _eta(labels: list[str], seconds: dict[str, float]) -> str:
+    """Time left for the runs of ``labels``: each candidate's own measured run, else the mean of those known."""
+    if not seconds:
+        return ""
+    mean = sum(seconds.values()) / len(seconds)
+    left = sum(seconds.get(label, mean) for label in labels)
+    return f" (about {datetime.timedelta(seconds=round(left))} left with this one)"
+
+
 def _recipe(search: SearchConfig, config: Stage2Config, out: Path) -> TrainConfig:
     """The one recipe of every stage-2 run. An "auto" memory format is decided once and stored, so a
-    resumed stage trains in the same layout (oneDNN's two layouts do not round alike)."""
+    resumed stage trains in the same layout (the two layouts' kernels agree only to rounding, and
+    rounding differences grow over a training run)."""
     recipe = dataclasses.replace(
         search.train, epochs=config.epochs, lr=config.lr or search.train.lr,
         batch_size=config.batch_size or search.train.batch_size,
@@ -207,19 +241,22 @@ def _train_one(candidate: Candidate, seed: int, recipe: TrainConfig, data: Image
 
 def _latencies(candidates: list[Candidate], search: SearchConfig, out: Path, data: ImageDataset) -> dict[str, Any]:
     """Every candidate's deploy form timed side by side in one run; stored, and reused by a resumed
-    stage only for the same candidates and only when no entry was measured on a busy machine."""
+    stage only for the same candidates and settings, and only when no entry was measured on a busy machine."""
     path = out / "latency.json"
+    resolution = search.data.resolution or data.resolution
+    settings = search.latency.replace(resolution=resolution)
+    key = json.loads(json.dumps({"settings": settings.to_dict(), "archs": {
+        c.label: dscnn.config_from_dict(c.arch).arch_hash() for c in candidates}}, default=str))
     if path.is_file():
         stored = dict(json.loads(path.read_text()))
         busy = any(r.get("busy") for r in stored["results"].values())
-        if set(stored["results"]) == {c.label for c in candidates} and not busy:
+        if stored.get("key") == key and not busy:
             return stored
-    resolution = search.data.resolution or data.resolution
-    settings = search.latency.replace(resolution=resolution)
     models = {c.label: dscnn.deploy_copy(dscnn.build_model(dscnn.config_from_dict(c.arch))) for c in candidates}
     lock = DeviceLock(search.device_lock, device=settings.device)
     results = measure_side_by_side(models, settings, guard=lock.measuring())
-    doc = {"settings": settings.to_dict(), "results": {k: dataclasses.asdict(v) for k, v in results.items()}}
+    doc = {"key": key, "settings": settings.to_dict(),
+           "results": {k: dataclasses.asdict(v) for k, v in results.items()}}
     _write_json(path, doc)
     return doc
 

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 
 import dscnn
+from dscnn.checkpoint import write_text_atomic
 from searchspace import run_search
 from studies.plan import StudyError, StudyPlan
 
@@ -155,10 +156,8 @@ def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console) -
                     "machine: the target is not stored")
         return text
     plan.stage_dir("prune").mkdir(parents=True, exist_ok=True)
-    tmp = stored.with_name(f".{stored.name}.tmp")
-    tmp.write_text(json.dumps({"target_latency": text, "fraction": target.fraction, "for": key,
-                               "winner": measured.to_dict()}, indent=2, default=str))
-    tmp.replace(stored)
+    write_text_atomic(stored, json.dumps({"target_latency": text, "fraction": target.fraction, "for": key,
+                                          "winner": measured.to_dict()}, indent=2, default=str))
     return text
 
 
@@ -206,9 +205,7 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
         record = {"method": method, "checkpoint": report.output, "report": reported, "met_target": bool(met),
                   "epochs": epochs_run(method, reported, planned),  # before the test pass: fail early
                   "test_accuracy": _test_accuracy(model, config), "target": target_latency or plan.target_flops}
-    tmp = folder / ".record.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(done)
+    write_text_atomic(done, json.dumps(record, indent=2, default=str))
     return record
 
 

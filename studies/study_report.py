@@ -91,7 +91,9 @@ def _winner_section(search: Record, retrain: Record) -> list[str]:
     """The model handed to pruning: stage 2's winner when there was a stage 2, else the search's best."""
     if retrain.get("from_stage2"):
         arch, label = retrain.get("arch") or {}, retrain["from_stage2"]
-        trained = (f"Chosen by stage-2 validation mean among the searched models that fit the budget; stage-1 proxy "
+        pool = ("the searched models that fit the budget" if retrain.get("fits", True)
+                else "all searched models (none fitted the budget in the side-by-side timing)")
+        trained = (f"Chosen by stage-2 validation mean among {pool}; stage-1 proxy "
                    f"validation {_fmt(retrain.get('stage1_val_accuracy'))}; the seed-{retrain.get('seed')} stage-2 run "
                    f"({retrain['epochs']} epochs) is the one pruned: validation {_fmt(retrain['accuracy'])}, test "
                    f"{_fmt(retrain.get('test_accuracy'))}.")
@@ -107,7 +109,7 @@ def _target_text(pr: Record) -> str:
     """A latency target in ms (its MACs field is then the unpruned model's, not a target)."""
     target_ms = (pr.get("latency") or {}).get("target_ms")
     if target_ms is not None:
-        return f"latency target {pr['target']} = {target_ms:.4g} ms"
+        return f"latency target {target_ms:.4g} ms"
     return f"target {pr['target']} = {format_macs(pr['target_macs'])} MACs"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pruning.csgd import CONVERGED
-from studies.study_report import _plot_widths, _pruning_warnings
+from studies.study_report import _plot_widths, _pruning_warnings, _target_text, _winner_section
 
 
 def test_a_pruning_warning_reaches_the_report() -> None:
@@ -19,3 +19,22 @@ def test_width_plot_is_drawn_as_kept_fractions(tmp_path: Path) -> None:
     png = tmp_path / "w.png"
     _plot_widths({"stem.0.conv": [16, 8], "stages.0.0.expand.conv": [32, 16], "head.conv": [1280, 1280]}, png)
     assert png.stat().st_size > 1000
+
+
+def test_after_a_stage2_the_winner_section_describes_the_stage2_winner() -> None:
+    search = {"arch": {"family": "resnet_cifar", "depth": 20}, "best_trial": "resnet20", "best_accuracy": 0.5}
+    retrain = {"from_stage2": "trial 6", "arch": {"family": "dscnn", "depths": [1, 2]}, "epochs": 8, "accuracy": 0.61,
+               "test_accuracy": 0.6, "seed": 0, "stage1_val_accuracy": 0.54, "fits": True}
+    text = "\n".join(_winner_section(search, retrain))
+    assert "## Winner: trial 6 (dscnn)" in text and "resnet" not in text and "stage-1 proxy validation 0.5400" in text
+    assert "that fit the budget" in text
+    text = "\n".join(_winner_section(search, {**retrain, "fits": False}))
+    assert "none fitted the budget" in text
+    plain = "\n".join(_winner_section(search, {"epochs": 10, "accuracy": 0.7}))
+    assert "## Winner: resnet20 (resnet_cifar)" in plain and "retrained for 10 epochs: 0.7000" in plain
+
+
+def test_a_latency_target_is_named_in_ms_not_as_the_unpruned_macs() -> None:
+    report = {"target": "2.76ms", "target_macs": 41e6, "latency": {"target_ms": 2.76}}
+    assert _target_text(report) == "latency target 2.76 ms"
+    assert _target_text({"target": "0.5x", "target_macs": 20.5e6, "latency": None}) == "target 0.5x = 20.5M MACs"

@@ -214,3 +214,62 @@ def test_a_busy_side_by_side_timing_is_measured_again_on_resume(tmp_path: Path) 
     path.write_text(json.dumps(doc))
     again = run_stage2(search, config, out)
     assert all(r["latency_ms"] != 123.0 for r in again["rows"])
+
+
+def test_a_baseline_near_the_budget_is_timed_side_by_side_and_that_timing_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [_row(0, "resnet20", 0.3), _row(1, "fasternet_t0", None, feasible=False), _row(2, "falconnet", None, feasible=False),
+            _row(3, "trial 3", 0.5)]
+    rows[1] = dataclasses.replace(rows[1], latency_ms=5.3)  # 6% over a 5 ms budget in stage 1: timed again
+    rows[2] = dataclasses.replace(rows[2], latency_ms=6.6)  # far over: left out
+    assert [c.label for c in select_candidates(rows, top_k=1, budget_ms=5.0)] == ["trial 3", "resnet20", "fasternet_t0"]
+    assert [c.label for c in select_candidates(rows, top_k=1)] == ["trial 3", "resnet20"]
+
+    search = dataclasses.replace(_search(tmp_path), budget_ms=1.0)
+    real = stage2.measure_side_by_side
+    trained: list[str] = []
+    real_train = stage2._train_one
+
+    def slow_baseline(models: dict[str, Any], settings: Any, **kw: Any) -> Any:
+        results = real(models, settings, **kw)
+        return {k: dataclasses.replace(v, median_ms=2.0 if k == "fasternet_t0_w0.5" else 0.5) for k, v in results.items()}
+
+    monkeypatch.setattr(stage2, "measure_side_by_side", slow_baseline)
+    monkeypatch.setattr(stage2, "_train_one", lambda c, s, *a: (trained.append(c.label), real_train(c, s, *a))[1])
+    summary = run_stage2(search, Stage2Config(top_k=1, seeds=(0, 1), epochs=1), tmp_path / "stage2")
+    assert set(trained) == {"trial 1"}  # the baseline the side-by-side run timed over the budget was not trained
+    assert summary["excluded_baselines"] == [{"label": "fasternet_t0_w0.5", "latency_ms": 2.0, "timed": "side by side"}]
+    assert not summary["verdict"]["comparable"]
+    assert "fasternet_t0_w0.5 2.000 ms (side by side)" in (tmp_path / "stage2" / "stage2.md").read_text()
+
+
+def test_the_stored_timing_and_layout_are_kept_only_for_the_same_settings(tmp_path: Path) -> None:
+    search = _search(tmp_path)
+    config = Stage2Config(top_k=1, seeds=(0, 1), epochs=1)
+    out = tmp_path / "stage2"
+    (out).mkdir()
+    (out / "memory_format.json").write_text(json.dumps({"memory_format": "contiguous"}))
+    run_stage2(search, config, out)
+    assert {json.loads(p.read_text())["memory_format"] for p in (out / "runs").glob("*.json")} == {"contiguous"}
+    doc = json.loads((out / "latency.json").read_text())
+    for r in doc["results"].values():
+        r["median_ms"] = 123.0
+    (out / "latency.json").write_text(json.dumps(doc))
+    same = run_stage2(search, config, out)
+    assert all(r["latency_ms"] == 123.0 for r in same["rows"])  # same settings: the stored timing stands
+    other = dataclasses.replace(search, latency=search.latency.replace(runs=search.latency.runs + 1))
+    again = run_stage2(other, config, out)
+    assert all(r["latency_ms"] != 123.0 for r in again["rows"])  # other settings: timed again
+
+
+def test_one_finished_seed_has_no_spread_to_claim_and_an_exact_point_meets_the_goal() -> None:
+    one = [_srow("trial 1", baseline=False, val=0.7, test=0.75, latency=3.0), _srow("resnet20", baseline=True,
+           val=0.7, test=0.70, latency=4.0)]
+    one[0] = {**one[0], "test_std": None, "test": [0.75]}
+    v = verdict(one)
+    assert v["spread_points"] is None and not v["beyond_noise"] and v["seeds"] == [1, 2]
+    assert "Seeds finished: 1 and 2" in markdown({"seeds": [0, 1], "epochs": 8, "rows": one, "verdict": v})
+    exact = [_srow("trial 1", baseline=False, val=0.7, test=0.6003, latency=3.0),
+             _srow("resnet20", baseline=True, val=0.7, test=0.5903, latency=4.0)]
+    assert 100 * (0.6003 - 0.5903) < 1.0 and verdict(exact)["goal_met"]  # +1.00 points, rounding aside
