@@ -126,7 +126,7 @@ def _verdict_line(v: dict[str, Any]) -> str:
         f"baseline on test ({v['best_baseline']}): {v['gain_points']:+.2f} points of mean test top-1 at "
         f"{v['latency_ratio']:.2f}x its latency{slower}. Goal (>= +{v['goal_points']:.1f} at no more latency): "
         f"**{goal}**. Test-split noise +/-{v['noise_points']:.2f} points (two binomial SEs), seed spreads "
-        f"{_fmt(v['spread_points'], 2)} points (sum of both stds): the gain is "
+        f"{_fmt(v['spread_points'], 2)} points (sum of both stds): the difference is "
         f"{'beyond' if v['beyond_noise'] else 'within'} them."
         + (" One of the two latencies was noisy or busy." if v["latency_caveat"] else "")
         + (f" Seeds finished: {v['seeds'][0]} and {v['seeds'][1]}." if min(v.get("seeds", [2])) < 2 else "")
