@@ -76,7 +76,8 @@ class Candidate:
     stage1_val_accuracy: float | None
 
 
-def select_candidates(rows: list[TrialRow], top_k: int, budget_ms: float | None = None) -> list[Candidate]:
+def select_candidates(rows: list[TrialRow], top_k: int, budget_ms: float | None = None,
+                      budget_macs: float | None = None) -> list[Candidate]:
     """The top-k searched trials by stage-1 validation accuracy and every baseline that fit the budget.
 
     Reads nothing but stage-1 trial records: the test split cannot influence the choice. A searched
@@ -95,7 +96,8 @@ def select_candidates(rows: list[TrialRow], top_k: int, budget_ms: float | None 
             chosen.append(r)
     seen: set[str] = set()
     for r in sorted(rows, key=lambda r: r.number):
-        near = budget_ms is not None and r.latency_ms is not None and r.latency_ms <= NEAR_BUDGET * budget_ms
+        near = (budget_ms is not None and r.latency_ms is not None and r.latency_ms <= NEAR_BUDGET * budget_ms
+                and (budget_macs is None or (r.macs is not None and r.macs <= budget_macs)))  # latency its only miss
         if r.is_baseline and (r.feasible or near) and r.arch and r.label not in seen:  # a re-run trial counts once
             seen.add(r.label)
             chosen.append(r)
@@ -108,7 +110,8 @@ def excluded_baselines(rows: list[TrialRow], candidates: list[Candidate]) -> lis
     out: dict[str, dict[str, Any]] = {}
     for r in sorted(rows, key=lambda r: r.number):
         if r.is_baseline and r.label not in taken:
-            out.setdefault(r.label, {"label": r.label, "latency_ms": r.latency_ms, "timed": "stage 1"})
+            out.setdefault(r.label, {"label": r.label, "latency_ms": r.latency_ms,
+                                     "timed": "stage 1" if r.latency_ms is not None else "never timed"})
     return list(out.values())
 
 
@@ -124,7 +127,8 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
                          "[search] (validation is then held out of the training split)")
     study = optuna.load_study(study_name=search.study_name, storage=open_storage(search.storage))
     rows = trial_rows(study)
-    timed = select_candidates(rows, config.top_k, search.budget_ms)
+    revision = git_revision()  # the code this stage runs (it may take hours; others commit meanwhile)
+    timed = select_candidates(rows, config.top_k, search.budget_ms, search.budget_macs)
     if not any(not c.is_baseline for c in timed):
         raise StudyError("stage 2: the search has no trained feasible trial to compare")
     data = load_dataset(search.data)
@@ -170,7 +174,7 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
     summary = {"budget_ms": search.budget_ms, "seeds": list(config.seeds), "epochs": config.epochs,
                "top_k": config.top_k, "recipe": dataclasses.asdict(recipe), "rows": rows_out,
                "excluded_baselines": excluded, "verdict": verdict(rows_out, excluded),
-               "git": git_revision()}
+               "git": revision}
     _write_json(out / "stage2.json", summary)
     write_text_atomic(out / "stage2.md", markdown(summary) + "\n")
     return summary

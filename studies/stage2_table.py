@@ -109,7 +109,7 @@ def markdown(summary: dict[str, Any]) -> str:
         )
     excluded = summary.get("excluded_baselines") or []
     if excluded:
-        lines += ["", "Baselines not in stage 2 (over the budget): "
+        lines += ["", "Baselines not in stage 2 (over the budget, or never timed): "
                   + ", ".join(f"{e['label']} {_fmt(e['latency_ms'], 3)} ms ({e['timed']})" for e in excluded) + "."]
     lines += ["", _verdict_line(summary["verdict"])]
     return "\n".join(lines)
@@ -131,7 +131,7 @@ def _verdict_line(v: dict[str, Any]) -> str:
         + (" One of the two latencies was noisy or busy." if v["latency_caveat"] else "")
         + (f" Seeds finished: {v['seeds'][0]} and {v['seeds'][1]}." if min(v.get("seeds", [2])) < 2 else "")
         + f" Against every fitting baseline: {against}."
-        + (f" Left out for their latency: {', '.join(v['excluded'])}." if v.get("excluded") else "")
+        + (f" Baselines left out (over the budget or never timed): {', '.join(v['excluded'])}." if v.get("excluded") else "")
     )
 
 

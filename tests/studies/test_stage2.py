@@ -225,8 +225,15 @@ def test_a_baseline_near_the_budget_is_timed_side_by_side_and_that_timing_decide
     rows[2] = dataclasses.replace(rows[2], latency_ms=6.6)  # far over: left out
     assert [c.label for c in select_candidates(rows, top_k=1, budget_ms=5.0)] == ["trial 3", "resnet20", "fasternet_t0"]
     assert [c.label for c in select_candidates(rows, top_k=1)] == ["trial 3", "resnet20"]
+    assert [c.label for c in select_candidates(rows, top_k=1, budget_ms=5.0, budget_macs=0.5)] == [
+        "trial 3", "resnet20"]  # over the MACs budget too: latency was not its only miss
 
     search = dataclasses.replace(_search(tmp_path), budget_ms=1.0)
+    study = optuna.load_study(study_name="s2", storage=open_storage(search.storage))
+    arch = dscnn.create_model("resnet20", num_classes=10, resolution=32, depth=8, widths=(8, 4, 8)).config
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={
+        "arch": arch.to_json(), "family": arch.family, "feasible": False, "latency_ms": 1.05, "macs": 1,
+        "baseline": "resnet20"}))  # 5% over in stage 1, never trained there
     real = stage2.measure_side_by_side
     trained: list[str] = []
     real_train = stage2._train_one
@@ -238,9 +245,9 @@ def test_a_baseline_near_the_budget_is_timed_side_by_side_and_that_timing_decide
     monkeypatch.setattr(stage2, "measure_side_by_side", slow_baseline)
     monkeypatch.setattr(stage2, "_train_one", lambda c, s, *a: (trained.append(c.label), real_train(c, s, *a))[1])
     summary = run_stage2(search, Stage2Config(top_k=1, seeds=(0, 1), epochs=1), tmp_path / "stage2")
-    assert set(trained) == {"trial 1"}  # the baseline the side-by-side run timed over the budget was not trained
+    assert set(trained) == {"trial 1", "resnet20"}  # not the baseline the side-by-side run timed over the budget
     assert summary["excluded_baselines"] == [{"label": "fasternet_t0_w0.5", "latency_ms": 2.0, "timed": "side by side"}]
-    assert not summary["verdict"]["comparable"]
+    assert summary["verdict"]["best_baseline"] == "resnet20"  # the near-budget rival that fitted side by side
     assert "fasternet_t0_w0.5 2.000 ms (side by side)" in (tmp_path / "stage2" / "stage2.md").read_text()
 
 
