@@ -16,6 +16,9 @@ from studies.plan import StudyError, StudyPlan
 
 Record = dict[str, Any]
 
+#: A pruned model whose validation top-1 is at most this multiple of chance has collapsed.
+COLLAPSED = 1.2
+
 
 def search(plan: StudyPlan, records: dict[str, Record], console: Console) -> Record:
     config = plan.search_config()
@@ -105,8 +108,14 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
         raise StudyError("no pruning method reached the target: "
                          + "; ".join(f"{m}: {r.get('error', 'target missed')}" for m, r in runs.items()))
     chosen = max(finished, key=lambda m: finished[m]["report"]["after"]["accuracy"] or 0.0)
+    chance = 1.0 / int(getattr(dscnn.load_checkpoint(checkpoint)[0].config, "num_classes", 0) or 1)
+    accuracy = finished[chosen]["report"]["after"]["accuracy"] or 0.0
+    collapsed = accuracy <= COLLAPSED * chance  # met the target by destroying the network: never silent
+    if collapsed:
+        console.log(f"[bold red]warning:[/bold red] the exported pruned model ({chosen}) is at chance: top-1 "
+                    f"{accuracy:.4f}, chance {chance:.4f}; the target is out of reach by pruning at this budget")
     return {"checkpoint": finished[chosen]["checkpoint"], "report": finished[chosen]["report"], "chosen": chosen,
-            "methods": runs, "target_latency": target_latency}
+            "methods": runs, "target_latency": target_latency, "collapsed": collapsed, "chance": chance}
 
 
 def _latency_settings(config: Any, resolution: int) -> Any:

@@ -53,6 +53,7 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
         f"{_fmt(pr['accuracy_after_prune'])}.",
         "",
         *_methods_section(prune),
+        *_collapse_warning(prune),
         *_pruning_warnings(pr),
         "![Per-layer output widths before and after pruning](widths.png)",
         "",
@@ -136,6 +137,16 @@ def _methods_section(prune: Record) -> list[str]:
         )
     return [*lines, "", "Chosen for export by validation top-1 among the methods that met the target; test "
             "top-1 is reported, never used to choose. One seed.", ""]
+
+
+def _collapse_warning(prune: Record) -> list[str]:
+    """A pruned model at chance met its target by destroying the network: the report must say so first."""
+    if not prune.get("collapsed"):
+        return []
+    accuracy = prune["report"]["after"]["accuracy"]
+    return [f"**Warning: the exported pruned model is at chance** (validation top-1 {_fmt(accuracy)}, chance "
+            f"{_fmt(prune.get('chance'))}): it met the target by collapsing the network. Do not deploy it; the "
+            "target is out of reach by pruning this model (raise it, or search under the lower budget).", ""]
 
 
 def _pruning_warnings(pr: Record) -> list[str]:

@@ -67,6 +67,8 @@ def test_every_method_runs_at_equal_epochs_resumes_and_the_best_on_validation_is
         assert Path(run["checkpoint"]).is_file()
     best = max(runs, key=lambda m: runs[m]["report"]["after"]["accuracy"])
     assert record["chosen"] == best and record["checkpoint"] == runs[best]["checkpoint"]
+    assert record["chance"] == 0.1  # 10 classes
+    assert record["collapsed"] == (runs[best]["report"]["after"]["accuracy"] <= stages.COLLAPSED * 0.1)
     stamps = {m: (plan.stage_dir("prune") / m / "record.json").stat().st_mtime_ns for m in runs}
     stored = json.loads(json.dumps(runs, default=str))
     assert stages.prune(plan, records, console)["methods"] == stored  # resumed from the stored records

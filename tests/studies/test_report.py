@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pruning.csgd import CONVERGED
-from studies.study_report import _plot_widths, _pruning_warnings, _target_text, _winner_section
+from studies.study_report import _collapse_warning, _plot_widths, _pruning_warnings, _target_text, _winner_section
 
 
 def test_a_pruning_warning_reaches_the_report() -> None:
@@ -38,3 +38,9 @@ def test_a_latency_target_is_named_in_ms_not_as_the_unpruned_macs() -> None:
     report = {"target": "2.76ms", "target_macs": 41e6, "latency": {"target_ms": 2.76}}
     assert _target_text(report) == "latency target 2.76 ms"
     assert _target_text({"target": "0.5x", "target_macs": 20.5e6, "latency": None}) == "target 0.5x = 20.5M MACs"
+
+
+def test_a_pruned_model_at_chance_is_called_out() -> None:
+    prune = {"collapsed": True, "chance": 0.1, "report": {"after": {"accuracy": 0.1}}}
+    assert "at chance" in "\n".join(_collapse_warning(prune))
+    assert _collapse_warning({**prune, "collapsed": False}) == []
