@@ -14,12 +14,11 @@ without any.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dscnn.checkpoint import remove_stale_temps, temp_path
+from dscnn.checkpoint import write_text_atomic
 
 
 class ResumeMismatch(ValueError):
@@ -119,10 +118,4 @@ class ResumableResults:
         """Write the document: command, settings, ``complete``, ``fields``, ``earlier_runs``, rows."""
         doc = {"command": command, **self.settings, "complete": self.complete(), **fields,
                **({"earlier_runs": self.earlier_runs} if self.earlier_runs else {}), "results": list(self.rows.values())}
-        remove_stale_temps(self.path)
-        tmp = temp_path(self.path)
-        try:
-            tmp.write_text(json.dumps(doc, indent=2) + "\n")
-            os.replace(tmp, self.path)  # a kill mid-write leaves the previous file whole
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text_atomic(self.path, json.dumps(doc, indent=2) + "\n")  # a kill mid-write leaves the previous file whole

@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 
+from dscnn.checkpoint import write_text_atomic
 from searchspace.config import SearchConfig
 
 DEFINITION_ATTR = "definition"
@@ -93,9 +94,7 @@ def claim_output_folder(config: SearchConfig, study_is_new: bool) -> None:
     if study_is_new and (out / "trials").is_dir() and any((out / "trials").iterdir()):
         raise SearchError(f"--out {str(out)!r} holds trial checkpoints of an unknown study; give this study its own --out")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(mine, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(mine, indent=2) + "\n")
 
 
 def _storage_id(storage: str) -> str:

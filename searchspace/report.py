@@ -16,6 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
+from dscnn.checkpoint import write_text_atomic
+
 
 @dataclass(frozen=True)
 class TrialRow:
@@ -98,9 +100,7 @@ def write_best_json(path: Path, best: TrialRow, budget: dict[str, float | None],
     data["macs_convention"] = "fvcore multiply-accumulates of the deploy form, batch 1"
     if warning:
         data["warning"] = warning
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def why_no_best(rows: list[TrialRow], budget_ms: float | None, budget_macs: float | None) -> str:

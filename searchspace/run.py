@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 import dscnn
+from dscnn.checkpoint import write_text_atomic
 from dscnn.cost import measure_deploy_cost
 from dscnn.data import ImageDataset, load_dataset
 from dscnn.measure_cache import MeasureCache
@@ -144,7 +145,7 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
                 study.enqueue_trial({}, user_attrs={BASELINE_ATTR: label}, skip_if_exists=False)
     (config.out_dir / "trials").mkdir(parents=True, exist_ok=True)
     recorded = dataclasses.replace(config, latency=config.latency.replace(resolution=resolution))
-    _write_text(config.out_dir / "search_config.json", json.dumps(recorded.to_dict(), indent=2, default=str))
+    write_text_atomic(config.out_dir / "search_config.json", json.dumps(recorded.to_dict(), indent=2, default=str))
     if orphans:
         console.log(f"marked trials {orphans} FAIL: their worker is gone")
     if requeued:
@@ -325,7 +326,3 @@ def _chance_warning(accuracy: float | None, classes: int | None) -> str | None:
     return None
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -36,7 +36,7 @@ from dscnn.memory_format import choose_memory_format
 from dscnn.side_by_side import measure_side_by_side
 from dscnn.train import TrainConfig, TrainingDiverged, evaluate_accuracy, resolve_device, train_and_evaluate
 from searchspace import SearchConfig, open_storage
-from searchspace.device_lock import DeviceLock
+from searchspace.device_lock import DeviceLock, TrainingSlot
 from searchspace.report import TrialRow, trained, trial_rows
 from studies.plan import StudyError
 from studies.stage2_table import markdown, summary_row, verdict
@@ -74,6 +74,10 @@ class Candidate:
     is_baseline: bool
     arch: dict[str, Any]
     stage1_val_accuracy: float | None
+
+    @property
+    def arch_hash(self) -> str:
+        return dscnn.config_from_dict(self.arch).arch_hash()
 
 
 def select_candidates(rows: list[TrialRow], top_k: int, budget_ms: float | None = None,
@@ -146,25 +150,26 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
     lock = DeviceLock(search.device_lock, device=search.latency.device)
     jobs = [(c, s) for c in candidates for s in config.seeds]
     seconds: dict[str, float] = {}  # one run's wall time per candidate (its seeds cost about the same)
-    left: list[tuple[Candidate, int, Path]] = []
+    left: list[tuple[Candidate, int, Path, dict[str, Any]]] = []
     for candidate, seed in jobs:
         path = runs / f"{_slug(candidate.label)}-s{seed}.json"
         doc = json.loads(path.read_text()) if path.is_file() else {}
-        if doc.get("key") == _run_key(candidate, seed, recipe, search):
+        key = _run_key(candidate, seed, recipe, search)
+        if doc.get("key") == key:
             if doc.get("seconds"):
                 seconds.setdefault(candidate.label, float(doc["seconds"]))
             continue
         if doc:
             console.log(f"stage 2: {path.name} was trained with another recipe, data or architecture: training again")
-        left.append((candidate, seed, path))
-    for n, (candidate, seed, path) in enumerate(left):
+        left.append((candidate, seed, path, key))
+    for n, (candidate, seed, path, key) in enumerate(left):
         console.log(f"stage 2 [{len(jobs) - len(left) + n + 1}/{len(jobs)}]: {candidate.label} seed {seed}, "
-                    f"{recipe.epochs} epochs{_eta([c.label for c, _, _ in left[n:]], seconds)}")
+                    f"{recipe.epochs} epochs{_eta([c.label for c, *_ in left[n:]], seconds)}")
         started = time.monotonic()
         with lock.training() as slot:
             record = _train_one(candidate, seed, recipe, data, runs, slot)
         seconds[candidate.label] = time.monotonic() - started
-        _write_json(path, {**record, "key": _run_key(candidate, seed, recipe, search)})
+        _write_json(path, {**record, "key": key})
     stored = {c.label: [json.loads((runs / f"{_slug(c.label)}-s{s}.json").read_text()) for s in config.seeds]
               for c in candidates}
     rows_out = [summary_row({"label": c.label, "trial": c.trial, "baseline": c.is_baseline, "arch": c.arch,
@@ -211,18 +216,17 @@ def _recipe(search: SearchConfig, config: Stage2Config, out: Path) -> TrainConfi
 
 def _run_key(candidate: Candidate, seed: int, recipe: TrainConfig, search: SearchConfig) -> dict[str, Any]:
     """What a stored run was trained with; a run stored under another key is trained again."""
-    doc = {"arch_hash": dscnn.config_from_dict(candidate.arch).arch_hash(), "seed": seed,
+    doc = {"arch_hash": candidate.arch_hash, "seed": seed,
            "recipe": dataclasses.asdict(dataclasses.replace(recipe, seed=seed)),
            "data": dataclasses.asdict(search.data)}
     return dict(json.loads(json.dumps(doc, default=str)))
 
 
 def _train_one(candidate: Candidate, seed: int, recipe: TrainConfig, data: ImageDataset, runs: Path,
-               slot: Any = None) -> dict[str, Any]:
+               slot: TrainingSlot) -> dict[str, Any]:
     def between_epochs(epoch: int, accuracy: float) -> None:
-        if slot is not None:
-            with slot.paused():  # a latency measurement waiting on the device lock runs here
-                pass
+        with slot.paused():  # a latency measurement waiting on the device lock runs here
+            pass
 
     torch.manual_seed(seed)
     model = dscnn.build_model(dscnn.config_from_dict(candidate.arch))
@@ -249,8 +253,8 @@ def _latencies(candidates: list[Candidate], search: SearchConfig, out: Path, dat
     path = out / "latency.json"
     resolution = search.data.resolution or data.resolution
     settings = search.latency.replace(resolution=resolution)
-    key = json.loads(json.dumps({"settings": settings.to_dict(), "archs": {
-        c.label: dscnn.config_from_dict(c.arch).arch_hash() for c in candidates}}, default=str))
+    key = json.loads(json.dumps({"settings": settings.to_dict(), "archs": {c.label: c.arch_hash for c in candidates}},
+                                default=str))
     if path.is_file():
         stored = dict(json.loads(path.read_text()))
         busy = any(r.get("busy") for r in stored["results"].values())

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 
 import dscnn
-from dscnn.checkpoint import write_text_atomic
+from dscnn.checkpoint import read_checkpoint, write_text_atomic
 from searchspace import run_search
 from studies.plan import StudyError, StudyPlan
 
@@ -108,7 +108,7 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
         raise StudyError("no pruning method reached the target: "
                          + "; ".join(f"{m}: {r.get('error', 'target missed')}" for m, r in runs.items()))
     chosen = max(finished, key=lambda m: finished[m]["report"]["after"]["accuracy"] or 0.0)
-    chance = 1.0 / int(getattr(dscnn.load_checkpoint(checkpoint)[0].config, "num_classes", 0) or 1)
+    chance = 1.0 / int(read_checkpoint(checkpoint)["config"].get("num_classes") or 1)  # no model rebuilt
     accuracy = finished[chosen]["report"]["after"]["accuracy"] or 0.0
     collapsed = accuracy <= COLLAPSED * chance  # met the target by destroying the network: never silent
     if collapsed:
