@@ -99,23 +99,62 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     """Every [prune] method on the winner, at equal epochs (a method without regularised training
     fine-tunes for the regularised epochs too; each method's record holds the epochs its report says
     ran, and a split other than the plan's is a `StudyError`), each resumable on its own; the one
-    exported is the most accurate on validation among those that met the target."""
+    exported is the most accurate on validation among those that met the target without collapsing
+    (top-1 above `COLLAPSED` x chance). When none did, the stage still finishes and says so
+    (``chosen`` None, ``exported`` "unpruned", ``reason``): its ``checkpoint`` is the unpruned winner's,
+    so the export and report stages run on it. ``collapsed`` is True when a method met the target at
+    chance (each method's record says which)."""
     checkpoint = records["retrain"]["checkpoint"]
     target_latency = _shared_latency_target(plan, checkpoint, console)
-    runs = {m: _prune_one(plan, m, checkpoint, target_latency, console) for m in plan.methods}
-    finished = {m: r for m, r in runs.items() if "report" in r and r["met_target"]}
-    if not finished:
-        raise StudyError("no pruning method reached the target: "
-                         + "; ".join(f"{m}: {r.get('error', 'target missed')}" for m, r in runs.items()))
-    chosen = max(finished, key=lambda m: finished[m]["report"]["after"]["accuracy"] or 0.0)
+    ran = {m: _prune_one(plan, m, checkpoint, target_latency, console) for m in plan.methods}
     chance = 1.0 / int(read_checkpoint(checkpoint)["config"].get("num_classes") or 1)  # no model rebuilt
-    accuracy = finished[chosen]["report"]["after"]["accuracy"] or 0.0
-    collapsed = accuracy <= COLLAPSED * chance  # met the target by destroying the network: never silent
-    if collapsed:
-        console.log(f"[bold red]warning:[/bold red] the exported pruned model ({chosen}) is at chance: top-1 "
-                    f"{accuracy:.4f}, chance {chance:.4f}; the target is out of reach by pruning at this budget")
-    return {"checkpoint": finished[chosen]["checkpoint"], "report": finished[chosen]["report"], "chosen": chosen,
-            "methods": runs, "target_latency": target_latency, "collapsed": collapsed, "chance": chance}
+    # judged on copies: the stored per-method records stay what the runs wrote (a resume reads them back)
+    runs = {m: _judged(r, chance) for m, r in ran.items()}
+    reason = "; ".join(f"{m}: {r['outcome']}" for m, r in runs.items())
+    collapsed = [m for m, r in runs.items() if r["met_target"] and r.get("collapsed")]
+    for method in collapsed:  # met the target by destroying the network: never silent, never exported
+        console.log(f"[bold red]warning:[/bold red] {method} met the target at chance (top-1 "
+                    f"{_accuracy(runs[method]):.4f}, chance {chance:.4f}): not exported")
+    record = {"methods": runs, "target": target_latency or plan.target_flops, "target_latency": target_latency,
+              "collapsed": bool(collapsed), "chance": chance, "reason": reason}
+    usable = {m: r for m, r in runs.items() if r["met_target"] and "report" in r and not r["collapsed"]}
+    if not usable:
+        console.log("[bold red]warning:[/bold red] no pruned model met the target without collapsing: exporting the "
+                    f"unpruned winner ({reason})")
+        return {**record, "checkpoint": checkpoint, "chosen": None, "exported": "unpruned"}
+    chosen = max(usable, key=lambda m: _accuracy(usable[m]))
+    return {**record, "checkpoint": usable[chosen]["checkpoint"], "report": usable[chosen]["report"],
+            "chosen": chosen, "exported": "pruned"}
+
+
+def _accuracy(run: Record) -> float:
+    """A method's validation top-1 after pruning (None, never measured, counts as 0)."""
+    return float(run["report"]["after"]["accuracy"] or 0.0)
+
+
+def _judged(run: Record, chance: float) -> Record:
+    """``run`` with ``collapsed`` (top-1 at most `COLLAPSED` x ``chance``) and a one-line ``outcome``."""
+    if "report" not in run:
+        verb = "missed the target" if run.get("missed") else "failed"  # TargetMissed says by how much
+        return {**run, "collapsed": False, "outcome": f"{verb} ({run.get('error', '?')})"}
+    accuracy = _accuracy(run)
+    collapsed = accuracy <= COLLAPSED * chance
+    if not run["met_target"]:
+        outcome = f"missed the target{_missed_by(run['report'])} (top-1 {accuracy:.4f})"
+    elif collapsed:
+        outcome = f"met the target but collapsed (top-1 {accuracy:.4f}, chance {chance:.4f})"
+    else:
+        outcome = f"met the target (top-1 {accuracy:.4f})"
+    return {**run, "collapsed": collapsed, "outcome": outcome}
+
+
+def _missed_by(report: Record) -> str:
+    """`` by 12.0%: 3.1 ms measured, target 2.8 ms`` when the report holds both latencies, else ``""``."""
+    latency = report.get("latency") or {}
+    measured, target = (latency.get("after") or {}).get("median_ms"), latency.get("target_ms")
+    if measured is None or not target:
+        return ""
+    return f" by {measured / target - 1.0:.1%}: {measured:.4g} ms measured, target {target:.4g} ms"
 
 
 def _latency_settings(config: Any, resolution: int) -> Any:
@@ -206,7 +245,7 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
     except (PruningError, TargetMissed) as exc:  # one method's failure is a row, not the end of the study;
         # not stored: a resumed stage runs it again (after the user changed what made it fail)
         console.log(f"[yellow]prune: {method} failed: {exc}")
-        return {"method": method, "error": str(exc), "met_target": False}
+        return {"method": method, "error": str(exc), "met_target": False, "missed": isinstance(exc, TargetMissed)}
     else:
         report.print(console)
         met = (report.latency or {}).get("met", True) if target_latency is not None else True

@@ -12,6 +12,7 @@ from rich.console import Console
 from dscnn.environment import environment
 from dscnn.units import format_macs
 from studies.plan import StudyPlan
+from studies.stages import COLLAPSED
 
 Record = dict[str, Any]
 
@@ -22,10 +23,11 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
     pareto = Path(search["out"]) / "pareto.png"
     if pareto.is_file():
         shutil.copyfile(pareto, folder / "pareto.png")
-    _plot_widths(prune["report"]["widths"], folder / "widths.png")
+    if "report" in prune:
+        _plot_widths(prune["report"]["widths"], folder / "widths.png")
+    else:  # the unpruned winner was exported: a plot left by an earlier render would show a pruned model
+        (folder / "widths.png").unlink(missing_ok=True)
     dashboard = _dashboard_screenshot(search, folder / "dashboard.png", console)
-    pr = prune["report"]
-    before, after = pr["before"], pr["after"]
     onnx = export.get("onnx", {})
     lines = [
         f"# Study `{plan.path.stem}`",
@@ -42,21 +44,7 @@ def write_report(plan: StudyPlan, records: dict[str, Record], console: Console) 
         "over-budget trials (x), budget line](pareto.png)",
         "",
         *_winner_section(search, retrain),
-        f"## Before and after pruning ({pr['method']}, {_target_text(pr)})",
-        "",
-        "| model | params | FLOPs (MACs) | latency ms | top-1 |",
-        "|---|---|---|---|---|",
-        _stats_row("retrained winner", before),
-        _stats_row(f"pruned ({pr['method']})", after),
-        "",
-        f"FLOPs -{pr['macs_reduction']:.1%}; top-1 right after pruning, before fine-tuning: "
-        f"{_fmt(pr['accuracy_after_prune'])}.",
-        "",
-        *_methods_section(prune),
-        *_collapse_warning(prune),
-        *_pruning_warnings(pr),
-        "![Per-layer output widths before and after pruning](widths.png)",
-        "",
+        *_pruning_section(prune, retrain),
         "## Export",
         "",
         f"ONNX `{onnx.get('path')}`: largest relative error vs PyTorch "
@@ -106,6 +94,53 @@ def _winner_section(search: Record, retrain: Record) -> list[str]:
             *[f"| {k} | {v} |" for k, v in arch.items()], "", trained, ""]
 
 
+def _pruning_section(prune: Record, retrain: Record) -> list[str]:
+    """Before/after the exported pruned model; when the unpruned winner was exported instead (no method met
+    the target without collapsing), a leading warning with the reason, that model, and every method's row."""
+    pr = prune.get("report")
+    if pr is None:
+        return [f"## Pruning ({_stage_target_text(prune)}): the unpruned winner is exported", "",
+                "**Warning: no pruned model met the target without collapsing; the exported model is the unpruned "
+                f"winner.** {prune.get('reason', '')}", "", *_unpruned_section(prune, retrain),
+                *_methods_section(prune)]
+    return [
+        f"## Before and after pruning ({pr['method']}, {_target_text(pr)})",
+        "",
+        "| model | params | FLOPs (MACs) | latency ms | top-1 |",
+        "|---|---|---|---|---|",
+        _stats_row("retrained winner", pr["before"]),
+        _stats_row(f"pruned ({pr['method']})", pr["after"]),
+        "",
+        f"FLOPs -{pr['macs_reduction']:.1%}; top-1 right after pruning, before fine-tuning: "
+        f"{_fmt(pr['accuracy_after_prune'])}.",
+        "",
+        *_methods_section(prune),
+        *_collapse_warning(prune),
+        *_pruning_warnings(pr),
+        "![Per-layer output widths before and after pruning](widths.png)",
+        "",
+    ]
+
+
+def _unpruned_section(prune: Record, retrain: Record) -> list[str]:
+    """The exported unpruned winner, with the stats a pruning run measured of it (the first that got that far)."""
+    text = f"Exported: the retrained winner unchanged, validation top-1 {_fmt(retrain.get('accuracy'))}."
+    before = next((r["report"]["before"] for r in (prune.get("methods") or {}).values() if "report" in r), None)
+    if before is None:
+        return [text, ""]
+    return [text, "", "| model | params | FLOPs (MACs) | latency ms | top-1 |", "|---|---|---|---|---|",
+            _stats_row("retrained winner (exported, unpruned)", before), ""]
+
+
+def _stage_target_text(prune: Record) -> str:
+    """The stage's target, from the exported run's report when there is one, else as the stage stored it."""
+    if "report" in prune:
+        return _target_text(prune["report"])
+    if prune.get("target_latency"):
+        return f"latency target {prune['target_latency']}"
+    return f"target {prune.get('target', '?')}"
+
+
 def _target_text(pr: Record) -> str:
     """A latency target in ms (its MACs field is then the unpruned model's, not a target)."""
     target_ms = (pr.get("latency") or {}).get("target_ms")
@@ -115,9 +150,10 @@ def _target_text(pr: Record) -> str:
 
 
 def _methods_section(prune: Record) -> list[str]:
-    """Every method the study ran on the winner, at equal epochs; the exported one marked."""
+    """Every method the study ran on the winner, at equal epochs; the exported one marked. Shown for one
+    method too when none was exported: the table is then where each method's outcome is read."""
     runs = prune.get("methods") or {}
-    if len(runs) < 2:
+    if not runs or (len(runs) < 2 and "report" in prune):
         return []
     lines = ["### Every pruning method at equal epochs", "",
              "| method | epochs (regularised + fine-tune) | met target | params | FLOPs (MACs) | latency ms | "
@@ -129,24 +165,41 @@ def _methods_section(prune: Record) -> list[str]:
             continue
         r, epochs = run["report"], run.get("epochs", {})
         after = r["after"]
+        met = ("yes, but collapsed (at chance)" if run.get("collapsed") else "yes") if run["met_target"] else "no"
         lines.append(
             f"| {method}{mark} | {epochs.get('regularized', '?')} + {epochs.get('finetune', '?')} | "
-            f"{'yes' if run['met_target'] else 'no'} | {after['params']:,} | {format_macs(after['macs'])} | "
+            f"{met} | {after['params']:,} | {format_macs(after['macs'])} | "
             f"{_fmt(after['latency_ms'], 3)} | {_fmt(r.get('accuracy_before_prune'))} | {_fmt(after['accuracy'])} | "
             f"{_fmt(run.get('test_accuracy'))} |"
         )
-    return [*lines, "", "Chosen for export by validation top-1 among the methods that met the target; test "
-            "top-1 is reported, never used to choose. One seed.", ""]
+    chance = prune.get("chance")
+    floor = f" = {COLLAPSED * chance:.4f}" if chance is not None else ""
+    rule = ("Chosen for export by validation top-1 among the methods that met the target without collapsing (top-1 "
+            f"above {COLLAPSED:g} x chance{floor})")
+    if "exported" not in prune:  # a record from before collapsed models were refused: chosen among all that met it
+        rule = "Chosen for export by validation top-1 among the methods that met the target"
+    elif "report" not in prune:
+        rule += "; none qualified, so none was exported"
+    return [*lines, "", f"{rule}. Test top-1 is reported, never used to choose. One seed.", ""]
 
 
 def _collapse_warning(prune: Record) -> list[str]:
-    """A pruned model at chance met its target by destroying the network: the report must say so first."""
+    """A pruned model at chance met its target by destroying the network: the report must say so. A record
+    written before such models were refused for export (it has no ``exported``) exported one: the old warning."""
     if not prune.get("collapsed"):
         return []
-    accuracy = prune["report"]["after"]["accuracy"]
-    return [f"**Warning: the exported pruned model is at chance** (validation top-1 {_fmt(accuracy)}, chance "
-            f"{_fmt(prune.get('chance'))}): it met the target by collapsing the network. Do not deploy it; the "
-            "target is out of reach by pruning this model (raise it, or search under the lower budget).", ""]
+    if "exported" not in prune:
+        accuracy = prune["report"]["after"]["accuracy"]
+        return [f"**Warning: the exported pruned model is at chance** (validation top-1 {_fmt(accuracy)}, chance "
+                f"{_fmt(prune.get('chance'))}): it met the target by collapsing the network. Do not deploy it; the "
+                "target is out of reach by pruning this model (raise it, or search under the lower budget).", ""]
+    lines = []
+    for method, run in (prune.get("methods") or {}).items():
+        if run.get("met_target") and run.get("collapsed"):
+            lines += [f"**Warning: {method} met the target at chance** (validation top-1 "
+                      f"{_fmt(run['report']['after']['accuracy'])}, chance {_fmt(prune.get('chance'))}): it collapsed the "
+                      "network and was not exported.", ""]
+    return lines
 
 
 def _pruning_warnings(pr: Record) -> list[str]:

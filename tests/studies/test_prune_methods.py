@@ -10,8 +10,8 @@ from rich.console import Console
 
 import dscnn
 from studies import stages
-from studies.plan import StudyError, load_plan
-from studies.study_report import _methods_section
+from studies.plan import StudyError, StudyPlan, load_plan
+from studies.study_report import _methods_section, _pruning_section
 from tests.pruning.tiny import tiny_overrides
 
 SEARCH = ('[search]\ndevice = "cpu"\ntrain_per_class = 4\nval_per_class = 2\nbatch_size = 20\nthreads = 1\n'
@@ -65,16 +65,21 @@ def test_every_method_runs_at_equal_epochs_resumes_and_the_best_on_validation_is
     for run in runs.values():
         assert run["report"]["after"]["macs"] <= 0.6 * run["report"]["before"]["macs"]
         assert Path(run["checkpoint"]).is_file()
-    best = max(runs, key=lambda m: runs[m]["report"]["after"]["accuracy"])
-    assert record["chosen"] == best and record["checkpoint"] == runs[best]["checkpoint"]
     assert record["chance"] == 0.1  # 10 classes
-    assert record["collapsed"] == (runs[best]["report"]["after"]["accuracy"] <= stages.COLLAPSED * 0.1)
+    top1 = {m: r["report"]["after"]["accuracy"] for m, r in runs.items()}
+    assert {m: r["collapsed"] for m, r in runs.items()} == {m: top1[m] <= stages.COLLAPSED * 0.1 for m in runs}
+    usable = [m for m in runs if not runs[m]["collapsed"]]  # a tiny untrained winner: maybe none is
+    assert record["collapsed"] == (len(usable) < len(runs))
+    best = max(usable, key=top1.__getitem__) if usable else None
+    assert record["chosen"] == best and record["exported"] == ("pruned" if usable else "unpruned")
+    assert record["checkpoint"] == (runs[best]["checkpoint"] if best else str(winner))
     stamps = {m: (plan.stage_dir("prune") / m / "record.json").stat().st_mtime_ns for m in runs}
     stored = json.loads(json.dumps(runs, default=str))
     assert stages.prune(plan, records, console)["methods"] == stored  # resumed from the stored records
     assert stamps == {m: (plan.stage_dir("prune") / m / "record.json").stat().st_mtime_ns for m in runs}
     table = "\n".join(_methods_section(record))
-    assert f"| {best} (exported) |" in table and "| magnitude" in table and "0 + 1" in table
+    assert "| magnitude" in table and "0 + 1" in table
+    assert (f"| {best} (exported) |" in table) if best else ("(exported) |" not in table and "none was exported" in table)
 
 
 def test_a_fractional_latency_target_is_resolved_once_for_every_method(tmp_path: Path,
@@ -173,7 +178,7 @@ def test_a_stored_method_run_off_the_planned_split_is_pruned_again(
         calls.append(1)
         raise PruningError("not this time")
 
-    def plan_of(epochs: tuple[int, int]):  # type: ignore[no-untyped-def]
+    def plan_of(epochs: tuple[int, int]) -> StudyPlan:
         return load_plan(_plan(tmp_path, f'method = "{method}"\nepochs = {epochs[0]}\nfinetune_epochs = {epochs[1]}\n'))
 
     monkeypatch.setattr(run, "run_pruning", refuse)
@@ -187,3 +192,98 @@ def test_a_stored_method_run_off_the_planned_split_is_pruned_again(
     assert calls == []
     assert stages._prune_one(plan_of(other), method, "winner.pt", None, Console(quiet=True))["error"] == "not this time"
     assert calls == [1]  # pruned again, not reused
+
+
+def _faked(method: str, accuracy: float, met: bool = True, measured_ms: float = 2.5) -> dict[str, object]:
+    """A method's record as `stages._prune_one` returns it, without training: a 3 ms latency target,
+    ``measured_ms`` the pruned model's latency."""
+    stats = {"params": 1_000, "macs": 1e6, "latency_ms": measured_ms, "accuracy": accuracy}
+    report = {"method": method, "target": "3ms", "target_macs": 2e6, "before": {**stats, "params": 2_000, "macs": 2e6,
+              "latency_ms": 4.0, "accuracy": 0.6}, "after": stats, "widths": {"stem.0.conv": [8, 4]},
+              "macs_reduction": 0.5, "accuracy_after_prune": accuracy, "accuracy_before_prune": 0.6, "algorithm": {},
+              "latency": {"after": {"median_ms": measured_ms}, "target_ms": 3.0, "met": met},
+              "epochs": {"regularized": 0, "finetune": 1}}
+    return {"method": method, "checkpoint": f"{method}.pt", "report": report, "met_target": met,
+            "epochs": {"regularized": 0, "finetune": 1}, "test_accuracy": accuracy, "target": "3ms"}
+
+
+def _fake_methods(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runs: dict[str, dict[str, object]]) -> Path:
+    """A tiny unpruned winner on disk (its class count sets chance: 10) and ``runs`` as the methods' outcomes."""
+    winner = tmp_path / "winner.pt"
+    dscnn.save_checkpoint(winner, dscnn.create_model("dscnn_t0", **tiny_overrides("dscnn_t0")))
+    monkeypatch.setattr(stages, "_prune_one", lambda plan, method, *args: runs[method])
+    return winner
+
+
+def test_a_collapsed_model_that_met_the_target_is_not_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from studies.study_report import _collapse_warning
+
+    runs = {"resrep": _faked("resrep", 0.11), "magnitude": _faked("magnitude", 0.45), "csgd": _faked("csgd", 0.5, False, 3.3)}
+    winner = _fake_methods(tmp_path, monkeypatch, runs)
+    plan = load_plan(_plan(tmp_path, 'methods = ["resrep", "magnitude", "csgd"]\ntarget_latency = "3ms"\n'))
+    record = stages.prune(plan, {"retrain": {"checkpoint": str(winner)}}, Console(quiet=True))
+    assert record["chosen"] == "magnitude" and record["exported"] == "pruned"  # csgd is more accurate but missed
+    assert record["checkpoint"] == "magnitude.pt" and record["report"] == runs["magnitude"]["report"]
+    assert record["collapsed"] and record["methods"]["resrep"]["collapsed"]  # the flag: a model met it at chance
+    assert not record["methods"]["magnitude"]["collapsed"]
+    assert record["reason"] == ("resrep: met the target but collapsed (top-1 0.1100, chance 0.1000); magnitude: met "
+                                "the target (top-1 0.4500); csgd: missed the target by 10.0%: 3.3 ms measured, target "
+                                "3 ms (top-1 0.5000)")
+    json.dumps(record)  # the stage's done.json
+    warning = "\n".join(_collapse_warning(record))
+    assert "resrep met the target at chance" in warning and "not exported" in warning
+    table = "\n".join(_methods_section(record))
+    assert "| magnitude (exported) |" in table and "| resrep | 0 + 1 | yes, but collapsed (at chance) |" in table
+    section = "\n".join(_pruning_section(record, {"accuracy": 0.6}))
+    assert section.startswith("## Before and after pruning (magnitude, latency target 3 ms)")
+    assert "| pruned (magnitude) | 1,000 |" in section and warning in section and "widths.png" in section
+    assert "unpruned" not in section
+
+
+@pytest.mark.parametrize("outcomes, reason", [
+    ({"resrep": _faked("resrep", 0.1), "magnitude": _faked("magnitude", 0.12)},  # every one that met it collapsed
+     "resrep: met the target but collapsed (top-1 0.1000, chance 0.1000); magnitude: met the target but collapsed"),
+    ({"resrep": {"method": "resrep", "met_target": False, "missed": True,
+                 "error": "resrep: the pruned model runs in 3.3 ms (measured), above the latency target 3 ms"},
+      "magnitude": _faked("magnitude", 0.4, met=False, measured_ms=3.6)},  # none met it
+     "resrep: missed the target (resrep: the pruned model runs in 3.3 ms (measured), above the latency target 3 ms); "
+     "magnitude: missed the target by 20.0%: 3.6 ms measured, target 3 ms (top-1 0.4000)"),
+], ids=["all-collapsed", "none-met"])
+def test_without_a_usable_pruned_model_the_unpruned_winner_is_exported_and_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcomes: dict[str, dict[str, object]], reason: str) -> None:
+    import functools
+
+    from dscnn import export
+    from studies import study_report
+    from studies.run import run_study
+
+    winner = _fake_methods(tmp_path, monkeypatch, outcomes)
+    monkeypatch.setattr(study_report, "_dashboard_screenshot", lambda *args: False)  # no browser here
+    # the export's checks on two images, without timing: the stage runs for real, in seconds
+    monkeypatch.setattr(export, "ExportConfig", functools.partial(export.ExportConfig, latency=None, num_real=1,
+                                                                  num_random=1))
+    plan = load_plan(_plan(tmp_path, 'methods = ["resrep", "magnitude"]\ntarget_latency = "3ms"\n'
+                                      "[export]\ntorchscript = false\n"))
+    done = {"search": {"out": str(tmp_path), "finished_trials": 2, "study_name": "s", "storage": "s.db", "device": "cpu",
+                       "threads": 1, "arch": {"family": "dscnn"}, "best_trial": "trial 1", "best_accuracy": 0.5,
+                       "budget_ms": 4.0, "budget_macs": None},
+            "stage2": {"skipped": True}, "retrain": {"checkpoint": str(winner), "accuracy": 0.55, "epochs": 1}}
+    for stage, stored in done.items():  # the stages before pruning, finished earlier
+        plan.stage_dir(stage).mkdir(parents=True)
+        (plan.stage_dir(stage) / "done.json").write_text(json.dumps(stored))
+    records = run_study(plan, console=Console(quiet=True))  # no StudyError: export and report run
+    prune = records["prune"]
+    assert prune["chosen"] is None and prune["exported"] == "unpruned" and "report" not in prune
+    assert prune["checkpoint"] == str(winner) and prune["reason"].startswith(reason)
+    assert set(prune["methods"]) == {"resrep", "magnitude"}  # every method's run kept
+    assert records["export"]["ok"] and records["export"]["checkpoint"] == str(winner)
+    assert records["export"]["form"] == "train"  # the unpruned winner, fused by the export
+    text = (plan.stage_dir("report") / "report.md").read_text()
+    pruning = text[text.index("## Pruning"):text.index("## Export")]
+    assert pruning.startswith("## Pruning (latency target 3ms): the unpruned winner is exported\n\n**Warning: no pruned "
+                              "model met the target without collapsing; the exported model is the unpruned winner.** "
+                              + reason)
+    assert "| retrained winner (exported, unpruned) | 2,000 |" in pruning and "| magnitude | 0 + 1 |" in pruning
+    assert "(exported) |" not in pruning and "none was exported" in pruning
+    assert "Before and after" not in text and "widths.png" not in text
+    assert not (plan.stage_dir("report") / "widths.png").exists()

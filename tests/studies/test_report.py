@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pruning.csgd import CONVERGED
-from studies.study_report import _collapse_warning, _plot_widths, _pruning_warnings, _target_text, _winner_section
+from studies.study_report import (
+    _collapse_warning,
+    _methods_section,
+    _plot_widths,
+    _pruning_section,
+    _pruning_warnings,
+    _target_text,
+    _winner_section,
+)
 
 
 def test_a_pruning_warning_reaches_the_report() -> None:
@@ -41,6 +49,35 @@ def test_a_latency_target_is_named_in_ms_not_as_the_unpruned_macs() -> None:
 
 
 def test_a_pruned_model_at_chance_is_called_out() -> None:
-    prune = {"collapsed": True, "chance": 0.1, "report": {"after": {"accuracy": 0.1}}}
-    assert "at chance" in "\n".join(_collapse_warning(prune))
+    prune = {"collapsed": True, "chance": 0.1, "report": {"after": {"accuracy": 0.1}}}  # a record that exported it
+    assert "the exported pruned model is at chance" in "\n".join(_collapse_warning(prune))
     assert _collapse_warning({**prune, "collapsed": False}) == []
+    refused = {"resrep": {"met_target": True, "collapsed": True, "report": {"after": {"accuracy": 0.11}}},
+               "magnitude": {"met_target": True, "collapsed": False, "report": {"after": {"accuracy": 0.4}}}}
+    text = "\n".join(_collapse_warning({**prune, "exported": "pruned", "chosen": "magnitude", "methods": refused}))
+    assert "resrep met the target at chance** (validation top-1 0.1100" in text and "was not exported" in text
+    assert "magnitude" not in text and "exported pruned model" not in text
+
+
+def test_when_every_method_failed_the_report_says_the_unpruned_winner_is_exported() -> None:
+    prune = {"chosen": None, "exported": "unpruned", "target": "0.5x", "target_latency": None, "chance": 0.1,
+             "reason": "resrep: failed (no group can be pruned)", "collapsed": False,
+             "methods": {"resrep": {"method": "resrep", "error": "no group can be pruned", "met_target": False}}}
+    text = "\n".join(_pruning_section(prune, {"accuracy": 0.55}))
+    assert text.startswith("## Pruning (target 0.5x): the unpruned winner is exported\n\n**Warning: no pruned model "
+                           "met the target without collapsing; the exported model is the unpruned winner.** resrep: "
+                           "failed (no group can be pruned)")
+    assert "the retrained winner unchanged, validation top-1 0.5500" in text  # no run measured it: no stats table
+    assert "| resrep | - | no: no group can be pruned |" in text  # one method: its row is still shown
+    assert "Before and after" not in text and "widths.png" not in text
+    assert _methods_section({**prune, "chosen": "resrep", "report": {}}) == []  # one pruned method: the table is redundant
+
+
+def test_a_record_from_before_collapsed_models_were_refused_keeps_its_own_rule() -> None:
+    after = {"params": 10, "macs": 1e6, "latency_ms": 1.0, "accuracy": 0.1}
+    runs = {m: {"met_target": True, "report": {"after": after}} for m in ("csgd", "magnitude")}
+    legacy = "\n".join(_methods_section({"chosen": "magnitude", "methods": runs, "report": {}}))  # no "exported"
+    assert "among the methods that met the target. Test" in legacy and "without collapsing" not in legacy
+    current = "\n".join(_methods_section({"chosen": "magnitude", "methods": runs, "report": {}, "exported": "pruned",
+                                          "chance": 0.1}))
+    assert "met the target without collapsing (top-1 above 1.2 x chance = 0.1200). Test" in current
