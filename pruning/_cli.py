@@ -37,6 +37,9 @@ RUN_FLAGS: tuple[tuple[str, str, str, Any, str], ...] = (
     ("--device", "train", "device", str, "cpu, cuda or auto"),
     ("--seed", "train", "seed", int, "seed of data order, augmentation and subsets"),
     ("--out", "", "out", str, "pruned model path (None: <checkpoint>_<method>.pt); the report is <out>.json"),
+    ("--calibration-rounds", "", "calibration_rounds", int, "with --target-latency: times the widths planned from "
+     "the latency table are cut out and measured whole, to correct the table's budget before training (0 = trust "
+     "the table)"),
 )
 
 

@@ -75,9 +75,19 @@ def candidate_widths(size: int, fractions: Iterable[float] = FRACTIONS) -> list[
 
 def narrowed(model: nn.Module, group: ChannelGroup, width: int, example: Tensor) -> nn.Module:
     """A copy of ``model`` with only ``group`` cut to its first ``width`` channels."""
+    return narrowed_to(model, [group], {group.root: width}, example)
+
+
+def narrowed_to(model: nn.Module, groups: Iterable[ChannelGroup], widths: Mapping[str, int],
+                example: Tensor) -> nn.Module:
+    """A copy of ``model`` with each group cut to its first ``widths[root]`` channels (unnamed groups: full).
+
+    The weights kept are arbitrary (the first channels): what is timed depends on the shapes only.
+    """
     copy_ = copy.deepcopy(model)
-    if width < group.size:
-        remove_channels(copy_, [group], {group.root: range(width, group.size)}, example)
+    cut = [g for g in groups if widths.get(g.root, g.size) < g.size]
+    if cut:
+        remove_channels(copy_, cut, {g.root: range(widths[g.root], g.size) for g in cut}, example)
     return copy_.eval()
 
 
@@ -227,9 +237,7 @@ def build_table(model: nn.Module, groups: Iterable[ChannelGroup], example: Tenso
     copies, states = [], []
     for f in fractions_cal:
         widths = {g.root: max(1, round(f * g.size)) for g in groups}
-        narrow = copy.deepcopy(model)
-        remove_channels(narrow, groups, {g.root: range(widths[g.root], g.size) for g in groups}, example)
-        copies.append(narrow.eval())
+        copies.append(narrowed_to(model, groups, widths, example))
         state = cost.state()
         for group in groups:
             for channel in range(widths[group.root], group.size):

@@ -60,7 +60,8 @@ class PruneReport:
     output: str = ""  # where the pruned model was written
     convention: str = CONVENTION
     latency: dict[str, Any] | None = None  # {"before", "after": LatencyResult dicts}, timed interleaved
-    # with a latency target also "target_ms", "predicted_ms", "met", "table", "where_latency_went"
+    # with a latency target also "target_ms", "predicted_ms", "met", "table", "where_latency_went", and
+    # "calibration" (`pruning.calibration.Calibration.to_dict`, None when the table was trusted as it is)
     accuracy_before_prune: float | None = None  # the trained model (compactors / clusters) before conversion
     # epochs that ran: {"regularized": with the algorithm's regularizer (0 for magnitude), "finetune": after the cut}
     epochs: dict[str, int] = field(default_factory=dict)
@@ -111,8 +112,11 @@ class PruneReport:
         measured = latency["after"]["median_ms"]
         went = ", ".join(f"{row['group']} ({row['width'][0]}->{row['width'][1]}) {row['saved_ms']:.3f} ms"
                          for row in latency.get("where_latency_went", [])[:3])
+        calibration = latency.get("calibration")
+        planned = (f", planned to a {calibration['budget_ms']:.4g} ms predicted budget (measured / predicted "
+                   f"x{calibration['factor']:.3g} at the plan)" if calibration else "")
         return (f"latency target {latency['target_ms']:.4g} ms: {'met' if latency['met'] else 'MISSED'} (measured "
-                f"{measured:.4g}, predicted {latency['predicted_ms']:.4g}); saved most: {went or '-'}")
+                f"{measured:.4g}, predicted {latency['predicted_ms']:.4g}{planned}); saved most: {went or '-'}")
 
     def print(self, console: Console | None = None) -> None:
         console = console or Console()

@@ -32,6 +32,7 @@ from dscnn.runtimes import check_runtime, validate_runtime_name
 from dscnn.train import TrainConfig, evaluate_accuracy
 from dscnn.units import format_macs
 from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
+from pruning.calibration import ROUNDS, Calibration, calibrate_budget
 from pruning.groups import find_groups
 from pruning.latency_table import build_table, harness
 from pruning.macs import CostModel
@@ -39,6 +40,7 @@ from pruning.outputs import check_output_paths, write_together
 from pruning.report import ModelStats, PruneReport, layer_widths
 from pruning.retrain import train_deploy
 from pruning.source import ModelSource, load_source
+from pruning.target_cost import target_cost
 from pruning.targets import parse_latency_target, parse_target
 from pruning.timing import compare_latency
 
@@ -67,10 +69,13 @@ class RunConfig:
     target_latency: str | None = None  # instead of ``target``: "3ms" or "0.5x" of the measured latency
     latency_runtime: str = "eager"  # dscnn.runtimes name the latency table and the before/after timings run in
     latency_device: str = "cpu"  # where they run: "cpu" or "cuda" (a GPU budget, e.g. runtime cudagraph)
+    calibration_rounds: int = ROUNDS  # latency target: whole-model timings correcting the table's budget; 0 = none
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0:
             raise PruningError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        if self.calibration_rounds < 0:
+            raise PruningError(f"calibration_rounds must be >= 0, got {self.calibration_rounds}")
         if not math.isfinite(self.train.lr):
             raise PruningError(f"lr must be a finite number > 0, got {self.train.lr}")
         if bool(self.target) == (self.target_latency is not None):
@@ -127,6 +132,7 @@ def run_pruning(
     groups = find_groups(model, example).groups
     macs_cost = CostModel(model, groups, example)  # of the unpruned model: where the MACs went, for the report
     table = None
+    calibration: Calibration | None = None
     if latency_target is not None:
         assert lock is not None
         if not hasattr(algorithm, "latency_table"):
@@ -134,8 +140,14 @@ def run_pruning(
         console.log("measuring the latency table (every layer at its candidate widths), under the device lock")
         with lock.measuring():
             table = build_table(model, groups, example, settings, harness(settings))
-        target_ms = latency_target.resolve(table.base_ms)
-        target_macs = target_ms  # the algorithms' cost is then the predicted latency (`pruning.latency_table`)
+            target_ms = latency_target.resolve(table.base_ms)
+            target_macs = target_ms  # the algorithms' cost is then the predicted latency (`pruning.latency_table`)
+            if config.calibration_rounds:
+                target_cost(model, groups, example, table, target_ms)  # a target below one channel: refused first
+                calibration = calibrate_budget(model, groups, example, table, target_ms, harness(settings),
+                                               rounds=config.calibration_rounds)
+                target_macs = calibration.budget_ms
+                console.log(_calibration_line(calibration))
         algorithm.latency_table = table
         algorithm.latency_measure = harness(settings, lock)  # type: ignore[attr-defined]
     steps_per_epoch = max(1, len(data.train_labels) // train.batch_size)
@@ -165,6 +177,7 @@ def run_pruning(
         if target_ms is not None and table is not None:
             latency |= {"target_ms": target_ms, "predicted_ms": table.predict(_group_widths(algorithm)),
                         "met": timed.after.median_ms <= target_ms, "table": table.to_dict(),
+                        "calibration": calibration.to_dict() if calibration is not None else None,
                         "where_latency_went": table.where_latency_went(_group_widths(algorithm))}
             if timed.after.median_ms > target_ms:
                 raise TargetMissed(
@@ -187,6 +200,14 @@ def run_pruning(
     metrics = _metrics(report)
     write_together([(out, lambda path: source.save(path, pruned, metrics)), (report_path, report.write_json)])
     return pruned, report
+
+
+def _calibration_line(calibration: Calibration) -> str:
+    first = calibration.rounds[0]
+    unverified = "" if calibration.verified else " (not verified: no plan measured under the target)"
+    return (f"latency target {calibration.target_ms:.4g} ms: the widths the table plans for it measured "
+            f"{first.measured_ms:.4g} ms (predicted {first.predicted_ms:.4g}); planning with a "
+            f"{calibration.budget_ms:.4g} ms predicted budget after {len(calibration.rounds)} measurement(s){unverified}")
 
 
 def _settings(config: RunConfig, regularized: bool) -> dict[str, Any]:

@@ -1,0 +1,104 @@
+"""The latency budget corrected by measuring the table's plan whole (`pruning.calibration`), with fake timings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import pruning.latency_table
+from dscnn.latency import LatencySettings
+from pruning.algorithm import PruningError
+from pruning.calibration import TOLERANCE, calibrate_budget
+from pruning.groups import ChannelGroup, find_groups
+from pruning.latency_table import LatencyTable, build_table
+
+REST_MS = 0.05
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.expand = nn.Conv2d(32, 64, 1)
+        self.depthwise = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+        self.project = nn.Conv2d(64, 32, 1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = F.relu(self.stem(x))
+        h = F.relu(self.depthwise(F.relu(self.expand(s))))
+        return self.head(F.relu(self.project(h)).mean(dim=(2, 3)))
+
+
+def _layer_ms(module: nn.Module, resolution: int) -> float:
+    """A deterministic stand-in for a timing: 1 ms per 10M MACs."""
+    module = getattr(module, "linear", module)  # the table times a linear layer wrapped for image inputs
+    if isinstance(module, nn.Linear):
+        return module.in_features * module.out_features / 1e7
+    assert isinstance(module, nn.Conv2d)
+    k = module.kernel_size[0] * module.kernel_size[1]
+    return module.out_channels * module.in_channels // module.groups * k * resolution**2 / 1e7
+
+
+def _whole_ms(model: nn.Module) -> float:
+    return REST_MS + sum(_layer_ms(m, 16) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+@pytest.fixture
+def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[nn.Module, tuple[ChannelGroup, ...], Tensor, LatencyTable]:
+    monkeypatch.setattr(pruning.latency_table, "_time", lambda module, settings: _layer_ms(module, settings.resolution))
+    torch.manual_seed(0)
+    model = Small().eval()
+    example = torch.zeros(1, 3, 16, 16)
+    groups = find_groups(model, example).groups
+    table = build_table(model, groups, example, LatencySettings(resolution=16), _whole_ms)
+    return model, groups, example, table
+
+
+@pytest.mark.parametrize("factor", [1.3, 1.1, 0.8])
+def test_a_table_off_by_a_factor_is_corrected_until_the_plan_measures_just_under_the_target(
+        setup: tuple[nn.Module, tuple[ChannelGroup, ...], Tensor, LatencyTable], factor: float) -> None:
+    model, groups, example, table = setup
+    target_ms = 0.6 * table.base_ms
+    calls: list[float] = []
+
+    def measure(m: nn.Module) -> float:  # the model as measured: the table's error is ``factor``
+        calls.append(factor * _whole_ms(m))
+        return calls[-1]
+
+    calibration = calibrate_budget(model, groups, example, table, target_ms, measure, rounds=6)
+    assert calibration.verified and len(calibration.rounds) == len(calls)
+    best = max((r for r in calibration.rounds if r.measured_ms <= target_ms), key=lambda r: r.budget_ms)
+    assert best.budget_ms == calibration.budget_ms and best.measured_ms <= target_ms
+    assert best.measured_ms >= target_ms * (1 - 3 * TOLERANCE)  # close to the target, not far below it
+    # the budget moves against the table's error: below the target when the table is optimistic
+    assert (calibration.budget_ms < target_ms) == (factor > 1)
+    assert calibration.factor == pytest.approx(factor, rel=0.15)
+
+
+def test_an_exact_table_needs_no_correction(
+        setup: tuple[nn.Module, tuple[ChannelGroup, ...], Tensor, LatencyTable]) -> None:
+    model, groups, example, table = setup
+    target_ms = 0.6 * table.base_ms
+    calibration = calibrate_budget(model, groups, example, table, target_ms, _whole_ms)
+    assert calibration.verified and calibration.rounds[0].measured_ms <= target_ms
+    assert calibration.budget_ms >= target_ms
+
+
+def test_a_target_out_of_reach_as_measured_is_a_pruning_error(
+        setup: tuple[nn.Module, tuple[ChannelGroup, ...], Tensor, LatencyTable]) -> None:
+    model, groups, example, table = setup
+    with pytest.raises(PruningError, match="out of reach as measured"):  # a fixed cost pruning cannot remove
+        calibrate_budget(model, groups, example, table, 0.6 * table.base_ms, lambda m: 10 * table.base_ms)
+
+
+def test_no_plan_under_the_target_returns_the_last_correction_unverified(
+        setup: tuple[nn.Module, tuple[ChannelGroup, ...], Tensor, LatencyTable]) -> None:
+    model, groups, example, table = setup
+    target_ms = 0.8 * table.base_ms
+    calibration = calibrate_budget(model, groups, example, table, target_ms, lambda m: 2 * _whole_ms(m), rounds=1)
+    assert not calibration.verified and calibration.budget_ms == pytest.approx(
+        target_ms * target_ms / calibration.rounds[0].measured_ms)
+    assert calibration.to_dict()["rounds"][0]["measured_ms"] > target_ms
