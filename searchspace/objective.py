@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 import dscnn
@@ -68,6 +69,8 @@ class CostStep:
     model: nn.Module  # train form, untrained
     cost: TrialCost
     feasible: bool
+    duplicate_of: int | None = None  # an earlier (or running) trial of the same architecture: not trained again
+    duplicate_values: tuple[float, ...] | None = None  # that trial's objective values, when it is complete
 
 
 MeasureCost = Callable[[nn.Module], TrialCost]
@@ -99,7 +102,7 @@ class SearchObjective:
         try:
             step = self.cost_step(trial)
             if not step.feasible:
-                return self.reject(step.cost)
+                return self.reject(step)
             self.trained_trials += 1
             trial.set_user_attr("trained_by", worker_id())
             accuracy = self._train(trial, step.model)
@@ -127,10 +130,25 @@ class SearchObjective:
         with torch.random.fork_rng(devices=[]):  # timing (random inputs) must not shift the training RNG
             cost = self.measure_cost(model)
         trial.set_user_attr("measured_by", worker_id())
-        return CostStep(config, model, cost, self._record_cost(trial, cost))
+        feasible = self._record_cost(trial, cost)
+        original = _same_architecture(trial, config)
+        if original is not None:
+            trial.set_user_attr("duplicate_of", original.number)
+            values = tuple(original.values) if original.state == TrialState.COMPLETE else None
+            return CostStep(config, model, cost, False, duplicate_of=original.number, duplicate_values=values)
+        return CostStep(config, model, cost, feasible)
 
-    def reject(self, cost: TrialCost) -> tuple[float, float]:
-        """The end of an over-budget trial: the Pareto penalty values, else `optuna.TrialPruned` (raised)."""
+    def reject(self, step: CostStep) -> tuple[float, float]:
+        """The end of a trial that is not trained, over budget or a duplicate: the Pareto penalty values (a
+        duplicate of a finished trial: that trial's values), else `optuna.TrialPruned` (raised)."""
+        cost = step.cost
+        if step.duplicate_of is not None:
+            if self.settings.pareto:  # NSGA-II ignores pruned trials: the duplicate scores what its original did
+                if step.duplicate_values is not None and len(step.duplicate_values) == 2:
+                    return step.duplicate_values[0], step.duplicate_values[1]
+                return INFEASIBLE_ACCURACY, cost.latency_ms
+            raise optuna.TrialPruned(f"duplicate of trial {step.duplicate_of}: the same architecture is not "
+                                     "trained twice")
         if self.settings.pareto:
             return INFEASIBLE_ACCURACY, cost.latency_ms
         raise optuna.TrialPruned(f"over budget: {cost.latency_ms:.3f} ms, {cost.macs / 1e6:.1f} MMACs")
@@ -198,3 +216,22 @@ class SearchObjective:
         # relative to the output folder, so the study resumes from any working directory
         trial.set_user_attr("checkpoint", path.relative_to(self.settings.checkpoint_dir.parent).as_posix())
 
+
+
+#: Trials an architecture counts as already taken by: finished, stopped, or training in another worker.
+_TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def _same_architecture(trial: optuna.Trial, config: ArchConfig) -> FrozenTrial | None:
+    """The earliest other trial of ``trial``'s study with the same architecture, or None.
+
+    TPE with few completed trials samples every parameter at its one good observation and proposed
+    one architecture three times in a row in a Tiny-ImageNet study (trials 9-11): each retraining
+    costs a full proxy training and tells the sampler nothing new. A pruned duplicate also marks the
+    point as explored for TPE, which moves it on.
+    """
+    arch = config.to_json()
+    for other in trial.study.get_trials(deepcopy=False, states=_TAKEN):
+        if other.number != trial.number and other.user_attrs.get("arch") == arch:
+            return other
+    return None

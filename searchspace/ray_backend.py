@@ -169,7 +169,7 @@ class StudySearcher(Searcher):
             if step.feasible:
                 break
             try:
-                self.study.tell(trial, self.objective.reject(step.cost))
+                self.study.tell(trial, self.objective.reject(step))
             except optuna.TrialPruned:
                 self.study.tell(trial, state=TrialState.PRUNED)
         self._trials[trial_id] = trial

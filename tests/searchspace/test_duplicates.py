@@ -1,0 +1,52 @@
+"""A sampled architecture that an earlier trial already took is not trained again (TPE repeats itself early)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from searchspace.baselines import get_baseline
+from searchspace.objective import ObjectiveSettings, SearchObjective, TrialCost
+
+COST = TrialCost(latency_ms=1.0, latency_spread_ms=0.0, macs=1, params_train=1, params_deploy=1, device="cpu")
+
+
+def _study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pareto: bool,
+           arch_of: Callable[[int], str]) -> tuple[optuna.Study, list[int]]:
+    """Four trials whose architecture is ``arch_of(trial number)`` (a baseline label); the trials trained."""
+    settings = ObjectiveSettings(space="dscnn", num_classes=10, resolution=32, budget_ms=10.0, budget_macs=None,
+                                 pareto=pareto, epochs=1, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(SearchObjective, "config_for", lambda self, trial: get_baseline(arch_of(trial.number)).config(
+        num_classes=10, resolution=32))
+    trained: list[int] = []
+
+    def train(model: torch.nn.Module, on_epoch: Callable[[int, float], None], seed: int | None = None) -> float:
+        trained.append(seed or 0)
+        return 0.25 + 0.01 * len(trained)
+
+    directions = ["maximize", "minimize"] if pareto else ["maximize"]
+    study = optuna.create_study(directions=directions)
+    study.optimize(SearchObjective(settings, lambda model: COST, train), n_trials=4)
+    return study, trained
+
+
+def test_a_repeated_architecture_is_pruned_as_a_duplicate_without_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study, trained = _study(tmp_path, monkeypatch, False, lambda n: "resnet20" if n != 2 else "fasternet_t0_w0.5")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED]
+    assert len(trained) == 2
+    assert [t.user_attrs.get("duplicate_of") for t in study.trials] == [None, 0, None, 0]
+    assert study.best_trial.number == 2 and study.trials[0].value == pytest.approx(0.26)
+
+
+def test_a_pareto_duplicate_scores_what_its_original_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study, trained = _study(tmp_path, monkeypatch, True, lambda n: "resnet20")
+    assert len(trained) == 1 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert all(t.values == study.trials[0].values for t in study.trials)
+    assert all("accuracy" not in t.user_attrs for t in study.trials[1:])  # reports count the original only
