@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import pruning.latency_table
@@ -13,23 +12,10 @@ from pruning.algorithm import PruningError
 from pruning.calibration import TOLERANCE, calibrate_budget
 from pruning.groups import ChannelGroup, find_groups
 from pruning.latency_table import LatencyTable, build_table
+from tests.pruning.test_latency_target import Small
 
 REST_MS = 0.05
-
-
-class Small(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 32, 3, padding=1)
-        self.expand = nn.Conv2d(32, 64, 1)
-        self.depthwise = nn.Conv2d(64, 64, 3, padding=1, groups=64)
-        self.project = nn.Conv2d(64, 32, 1)
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        s = F.relu(self.stem(x))
-        h = F.relu(self.depthwise(F.relu(self.expand(s))))
-        return self.head(F.relu(self.project(h)).mean(dim=(2, 3)))
+SIZE = 24  # input height = width
 
 
 def _layer_ms(module: nn.Module, resolution: int) -> float:
@@ -43,7 +29,7 @@ def _layer_ms(module: nn.Module, resolution: int) -> float:
 
 
 def _whole_ms(model: nn.Module) -> float:
-    return REST_MS + sum(_layer_ms(m, 16) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    return REST_MS + sum(_layer_ms(m, SIZE) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
 @pytest.fixture
@@ -51,9 +37,9 @@ def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[nn.Module, tuple[ChannelGrou
     monkeypatch.setattr(pruning.latency_table, "_time", lambda module, settings: _layer_ms(module, settings.resolution))
     torch.manual_seed(0)
     model = Small().eval()
-    example = torch.zeros(1, 3, 16, 16)
+    example = torch.zeros(1, 3, SIZE, SIZE)
     groups = find_groups(model, example).groups
-    table = build_table(model, groups, example, LatencySettings(resolution=16), _whole_ms)
+    table = build_table(model, groups, example, LatencySettings(resolution=SIZE), _whole_ms)
     return model, groups, example, table
 
 
