@@ -131,7 +131,8 @@ class SearchObjective:
             cost = self.measure_cost(model)
         trial.set_user_attr("measured_by", worker_id())
         feasible = self._record_cost(trial, cost)
-        original = _same_architecture(trial, config)
+        # a baseline is enqueued by name, on purpose (even twice); only what the sampler proposes is checked
+        original = None if trial.user_attrs.get(BASELINE_ATTR) else _same_architecture(trial, config)
         if original is not None:
             trial.set_user_attr("duplicate_of", original.number)
             values = tuple(original.values) if original.state == TrialState.COMPLETE else None
