@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -44,10 +45,18 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
         "export": stages.export, "report": stages.report,
     }
     records: dict[str, Any] = {}
-    for stage in STAGES:
+    last = STAGES.index(stop_after) if stop_after else len(STAGES) - 1
+    for n, stage in enumerate(STAGES):
         marker = plan.stage_dir(stage) / "done.json"
-        if marker.is_file():
-            records[stage] = json.loads(marker.read_text())
+        stored = json.loads(marker.read_text()) if marker.is_file() else None
+        # checkpoints are not committed: a clean checkout of a finished study has the records only, and a
+        # stage still to run needs the model file a finished one made (restored from its stored run)
+        needed = any(not (plan.stage_dir(s) / "done.json").is_file() for s in STAGES[n + 1:last + 1])
+        lost = stored is not None and needed and _lost_checkpoint(stored)
+        if stored is not None and lost:
+            console.log(f"{stage}: done earlier, but its checkpoint {stored['checkpoint']} is missing: running it again")
+        if stored is not None and not lost:
+            records[stage] = stored
             console.log(f"[dim]{stage}: done earlier, skipped ({marker})")
         else:
             console.rule(f"{plan.path.stem}: {stage}")
@@ -61,6 +70,11 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
         if stage == stop_after:
             break
     return records
+
+
+def _lost_checkpoint(record: dict[str, Any]) -> bool:
+    checkpoint = record.get("checkpoint")
+    return isinstance(checkpoint, str) and not Path(checkpoint).is_file()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,8 @@ from studies.stage2_table import markdown, summary_row, verdict
 #: A baseline stage 1 timed up to this factor over the budget still enters the side-by-side timing.
 NEAR_BUDGET = 1.1
 
-__all__ = ["NEAR_BUDGET", "Candidate", "Stage2Config", "excluded_baselines", "run_record", "run_stage2", "select_candidates"]
+__all__ = ["NEAR_BUDGET", "Candidate", "Stage2Config", "excluded_baselines", "restore_run", "run_record", "run_stage2",
+           "select_candidates"]
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,40 @@ def run_record(out: Path, label: str, seed: int) -> dict[str, Any]:
     """The stored result of one stage-2 training (its ``checkpoint`` resolved to a path)."""
     doc = dict(json.loads((out / "runs" / f"{_slug(label)}-s{seed}.json").read_text()))
     return {**doc, "checkpoint": str(out / "runs" / doc["checkpoint"])}
+
+
+def restore_run(search: SearchConfig, config: Stage2Config, out: Path, label: str, seed: int,
+                arch: dict[str, Any], console: Console) -> dict[str, Any]:
+    """`run_record` of one stored run, with its checkpoint on disk: checkpoints are not committed, so in a
+    clean checkout of a finished study a later stage (prune) would find none. A missing one is trained
+    again with the stored run's recipe, data and seed (the same key), and the stored numbers stay the
+    study's: the retrained model's own accuracies are returned under ``restored``, with a warning when
+    they differ (training reproduces bit for bit only on the same device, threads and library versions)."""
+    run = run_record(out, label, seed)
+    if Path(run["checkpoint"]).is_file():
+        return run
+    if not arch:
+        raise StudyError(f"stage 2: {run['checkpoint']} is missing, and the stage-2 summary stores no architecture "
+                         "to train it again from: delete the stage2 folder to run stage 2 again")
+    candidate = Candidate(label, -1, False, arch, None)
+    recipe = _recipe(search, config, out)
+    if run.get("key") != _run_key(candidate, seed, recipe, search):
+        raise StudyError(f"stage 2: {run['checkpoint']} is missing, and the stored run was trained with another recipe, "
+                         "data or architecture than the study file gives now: delete the stage2 folder to run stage 2 again")
+    console.log(f"stage 2: {Path(run['checkpoint']).name} is missing (checkpoints are not committed): training "
+                f"{label} seed {seed} again, {recipe.epochs} epochs, as stored")
+    lock = DeviceLock(search.device_lock, device=search.latency.device)
+    with lock.training() as slot:
+        again = _train_one(candidate, seed, recipe, load_dataset(search.data), out / "runs", slot)
+    if "diverged" in again:
+        raise StudyError(f"stage 2: {label} seed {seed} diverged when trained again ({again['diverged']}); stored: "
+                         f"validation top-1 {run['val_accuracy']:.4f}")
+    restored = {k: again[k] for k in ("val_accuracy", "test_accuracy", "seconds")}
+    if (again["val_accuracy"], again["test_accuracy"]) != (run["val_accuracy"], run["test_accuracy"]):
+        console.log(f"[yellow]warning:[/yellow] {label} seed {seed} trained again reaches validation / test top-1 "
+                    f"{again['val_accuracy']:.4f} / {again['test_accuracy']:.4f}, stored {run['val_accuracy']:.4f} / "
+                    f"{run['test_accuracy']:.4f}: the later stages use the model trained now")
+    return {**run, "restored": restored}
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

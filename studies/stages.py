@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -50,7 +51,7 @@ def retrain(plan: StudyPlan, records: dict[str, Record], console: Console) -> Re
     """The winner's architecture trained from scratch for the final epoch budget; after a stage 2,
     its best searched model by validation accuracy (seed 0) instead, trained there already."""
     if not records.get("stage2", {}).get("skipped", True):
-        return _stage2_winner(plan, records["stage2"]["summary"])
+        return _stage2_winner(plan, records["stage2"]["summary"], console)
     from dscnn.data import load_dataset
     from dscnn.train import train_and_evaluate
 
@@ -67,18 +68,20 @@ def retrain(plan: StudyPlan, records: dict[str, Record], console: Console) -> Re
             "epochs": train.epochs}
 
 
-def _stage2_winner(plan: StudyPlan, summary: Record) -> Record:
-    from studies.stage2 import run_record
+def _stage2_winner(plan: StudyPlan, summary: Record, console: Console) -> Record:
+    from studies.stage2 import restore_run
     from studies.stage2_table import winner
 
     best = winner(summary["rows"])  # by validation among those that fit: the verdict's model too
     if best is None:
         raise StudyError("stage 2: no searched model finished training (every seed diverged)")
     seed = next(s for s in summary["seeds"] if s not in best.get("diverged_seeds", []))
-    run = run_record(plan.stage_dir("stage2"), best["label"], seed)
+    run = restore_run(plan.search_config(), plan.stage2, plan.stage_dir("stage2"), best["label"], seed,
+                      best.get("arch") or {}, console)
     return {"checkpoint": run["checkpoint"], "accuracy": run["val_accuracy"], "test_accuracy": run["test_accuracy"],
             "epochs": run["epochs"], "from_stage2": best["label"], "seed": seed, "arch": best.get("arch"),
-            "stage1_val_accuracy": best.get("stage1_val_accuracy"), "fits": best.get("fits")}
+            "stage1_val_accuracy": best.get("stage1_val_accuracy"), "fits": best.get("fits"),
+            **({"restored": run["restored"]} if "restored" in run else {})}
 
 
 def _algorithm(method: str, options: dict[str, Any]) -> Any:
@@ -121,6 +124,9 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     if not usable:
         console.log("[bold red]warning:[/bold red] no pruned model met the target without collapsing: exporting the "
                     f"unpruned winner ({reason})")
+        if float(records["retrain"].get("accuracy") or 0.0) <= COLLAPSED * chance:
+            console.log(f"[bold red]warning:[/bold red] the unpruned winner is itself at chance (validation top-1 "
+                        f"{records['retrain'].get('accuracy')}, chance {chance:.4f}): train it longer")
         return {**record, "checkpoint": checkpoint, "chosen": None, "exported": "unpruned"}
     chosen = max(usable, key=lambda m: _accuracy(usable[m]))
     return {**record, "checkpoint": usable[chosen]["checkpoint"], "report": usable[chosen]["report"],
@@ -222,11 +228,15 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
         record = dict(json.loads(done.read_text()))
         # the report's epochs (a record from before reports stated them: the study's own)
         stored = record.get("report", {}).get("epochs") or record.get("epochs") or {}
-        if record.get("target") == (target_latency or plan.target_flops) and stored == planned:
+        same = record.get("target") == (target_latency or plan.target_flops) and stored == planned
+        if same and not Path(str(record.get("checkpoint"))).is_file():  # not committed: a clean checkout
+            console.log(f"prune: {method} finished earlier, but {record.get('checkpoint')} is missing: pruning again")
+        elif same:
             console.log(f"prune: {method} finished earlier ({done})")
             return record
-        console.log(f"prune: {done} was pruned to {record.get('target')} in {_split_text(stored)} epochs, not "
-                    f"{target_latency or plan.target_flops} in {_split_text(planned)}: pruning again")
+        else:
+            console.log(f"prune: {done} was pruned to {record.get('target')} in {_split_text(stored)} epochs, not "
+                        f"{target_latency or plan.target_flops} in {_split_text(planned)}: pruning again")
     folder.mkdir(parents=True, exist_ok=True)
     config = plan.search_config()
     train = dataclasses.replace(

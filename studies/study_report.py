@@ -125,6 +125,11 @@ def _pruning_section(prune: Record, retrain: Record) -> list[str]:
 def _unpruned_section(prune: Record, retrain: Record) -> list[str]:
     """The exported unpruned winner, with the stats a pruning run measured of it (the first that got that far)."""
     text = f"Exported: the retrained winner unchanged, validation top-1 {_fmt(retrain.get('accuracy'))}."
+    accuracy, chance = retrain.get("accuracy"), prune.get("chance")
+    if accuracy is not None and chance is not None and accuracy <= COLLAPSED * chance:
+        text += (f"\n\n**Warning: the exported model is itself at chance** (validation top-1 {_fmt(accuracy)}, chance "
+                 f"{_fmt(chance)}): it has not learned the task. Train longer (the [stage2] or [retrain] epochs) "
+                 "before deploying or pruning it.")
     before = next((r["report"]["before"] for r in (prune.get("methods") or {}).values() if "report" in r), None)
     if before is None:
         return [text, ""]

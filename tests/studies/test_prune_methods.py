@@ -77,6 +77,11 @@ def test_every_method_runs_at_equal_epochs_resumes_and_the_best_on_validation_is
     stored = json.loads(json.dumps(runs, default=str))
     assert stages.prune(plan, records, console)["methods"] == stored  # resumed from the stored records
     assert stamps == {m: (plan.stage_dir("prune") / m / "record.json").stat().st_mtime_ns for m in runs}
+    Path(runs["magnitude"]["checkpoint"]).unlink()  # a clean checkout: the records are committed, no *.pt
+    again = stages.prune(plan, records, console)["methods"]
+    assert Path(again["magnitude"]["checkpoint"]).is_file() and again["resrep"] == stored["resrep"]
+    assert (plan.stage_dir("prune") / "magnitude" / "record.json").stat().st_mtime_ns != stamps["magnitude"]
+    assert (plan.stage_dir("prune") / "resrep" / "record.json").stat().st_mtime_ns == stamps["resrep"]
     table = "\n".join(_methods_section(record))
     assert "| magnitude" in table and "0 + 1" in table
     assert (f"| {best} (exported) |" in table) if best else ("(exported) |" not in table and "none was exported" in table)

@@ -69,7 +69,9 @@ def test_when_every_method_failed_the_report_says_the_unpruned_winner_is_exporte
                            "failed (no group can be pruned)")
     assert "the retrained winner unchanged, validation top-1 0.5500" in text  # no run measured it: no stats table
     assert "| resrep | - | no: no group can be pruned |" in text  # one method: its row is still shown
-    assert "Before and after" not in text and "widths.png" not in text
+    assert "Before and after" not in text and "widths.png" not in text and "itself at chance" not in text
+    at_chance = "\n".join(_pruning_section(prune, {"accuracy": 0.11}))  # <= COLLAPSED x chance: not learned
+    assert "**Warning: the exported model is itself at chance** (validation top-1 0.1100, chance 0.1000)" in at_chance
     assert _methods_section({**prune, "chosen": "resrep", "report": {}}) == []  # one pruned method: the table is redundant
 
 

@@ -137,6 +137,32 @@ def test_the_study_runner_runs_stage2_and_retrain_takes_its_winner_by_validation
     assert (plan.stage_dir("stage2") / "done.json").is_file()
 
 
+def test_a_clean_checkout_trains_the_missing_winner_checkpoint_again_for_the_stages_still_to_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import studies.stages
+    from studies.run import load_plan, run_study
+
+    test_the_study_runner_runs_stage2_and_retrain_takes_its_winner_by_validation(tmp_path)
+    plan = load_plan(tmp_path / "two_stage.toml")
+    retrain = json.loads((plan.stage_dir("retrain") / "done.json").read_text())
+    checkpoint = Path(retrain["checkpoint"])
+    stored_run = json.loads(checkpoint.with_suffix(".json").read_text())
+    for pt in plan.out.rglob("*.pt"):  # what a clean checkout of the finished study has: no model files
+        pt.unlink()
+    assert run_study(plan, stop_after="retrain")["retrain"] == retrain  # nothing after it to run: nothing trained
+    assert not checkpoint.exists()
+    seen: list[bool] = []
+    monkeypatch.setattr(studies.stages, "prune", lambda plan, records, console: seen.append(
+        Path(records["retrain"]["checkpoint"]).is_file()) or {"checkpoint": records["retrain"]["checkpoint"]})
+    records = run_study(plan, stop_after="prune")
+    assert seen == [True] and checkpoint.is_file()  # trained again, as stored, before the prune stage ran
+    restored = records["retrain"]["restored"]
+    assert records["retrain"]["checkpoint"] == retrain["checkpoint"] and records["retrain"]["seed"] == retrain["seed"]
+    assert 0.0 <= restored["val_accuracy"] <= 1.0 and restored["seconds"] > 0
+    assert json.loads(checkpoint.with_suffix(".json").read_text()) == stored_run  # the study's numbers stay
+    assert json.loads((plan.stage_dir("retrain") / "done.json").read_text())["restored"] == restored
+
+
 def _srow(label: str, *, baseline: bool, val: float, test: float, latency: float, fits: bool = True,
           std: float = 0.002, trial: int = 0) -> dict[str, Any]:
     return {"label": label, "baseline": baseline, "val_mean": val, "test_mean": test, "test_std": std,
