@@ -107,6 +107,13 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{seeds} | {_fmt(r['val_mean'])} | {_fmt(r['stage1_val_accuracy'])} | "
             f"{r['latency_ms']:.3f}{flag} | {'yes' if r['fits'] else 'no'} |"
         )
+    timing = summary.get("timing") or {}
+    if timing.get("slowdown") is not None:
+        runs = len(timing.get("slowdown_attempts") or [1])
+        lines += ["", f"Side-by-side timing: the models ran at {timing['slowdown']:.2f}x their stage-1 latency (median) "
+                  f"in the run kept, of {runs} run(s)."
+                  + (" **The machine ran slower as a whole than in stage 1: which baselines fit the budget was decided "
+                     "on a slowed machine.**" if timing.get("slowed") else "")]
     excluded = summary.get("excluded_baselines") or []
     if excluded:
         lines += ["", "Baselines not in stage 2 (over the budget, or never timed): "

@@ -277,6 +277,36 @@ def test_a_baseline_near_the_budget_is_timed_side_by_side_and_that_timing_decide
     assert "fasternet_t0_w0.5 2.000 ms (side by side)" in (tmp_path / "stage2" / "stage2.md").read_text()
 
 
+@pytest.mark.parametrize(("timed_ms", "calls", "kept_ms", "is_slowed"), [
+    ((0.5,), 1, 0.5, False),  # faster than stage 1 (1.0 ms each): the better measurement, kept
+    ((1.6, 1.05), 2, 1.05, False),  # slowed as a whole, then not: the second run is the table's
+    ((1.6, 1.3, 1.9, 1.7), 4, 1.3, True),  # slowed in every run: the least slowed is kept, and said so
+])
+def test_a_side_by_side_run_slower_as_a_whole_than_stage1_is_timed_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timed_ms: tuple[float, ...], calls: int, kept_ms: float,
+        is_slowed: bool) -> None:
+    search = _search(tmp_path)  # every stage-1 trial timed 1.0 ms
+    runs: list[float] = []
+    real = stage2.measure_side_by_side
+
+    def machine(models: dict[str, Any], settings: Any, **kw: Any) -> Any:
+        ms = timed_ms[min(len(runs), len(timed_ms) - 1)]
+        runs.append(ms)
+        return {k: dataclasses.replace(v, median_ms=ms) for k, v in real(models, settings, **kw).items()}
+
+    monkeypatch.setattr(stage2, "measure_side_by_side", machine)
+    monkeypatch.setattr(stage2, "TIMING_PAUSE_S", 0.0)
+    out = tmp_path / "stage2"
+    summary = run_stage2(search, Stage2Config(top_k=1, seeds=(0, 1), epochs=1), out)
+    assert len(runs) == calls and {r["latency_ms"] for r in summary["rows"]} == {kept_ms}
+    assert summary["timing"] == {"slowdown": kept_ms, "slowdown_attempts": list(timed_ms[:calls]), "slowed": is_slowed}
+    table = (out / "stage2.md").read_text()
+    assert f"ran at {kept_ms:.2f}x their stage-1 latency (median) in the run kept, of {calls} run(s)" in table
+    assert ("decided on a slowed machine" in table) == is_slowed
+    run_stage2(search, Stage2Config(top_k=1, seeds=(0, 1), epochs=1), out)
+    assert len(runs) == calls + (calls if is_slowed else 0)  # a slowed timing is not reused by a resumed stage
+
+
 def test_the_stored_timing_and_layout_are_kept_only_for_the_same_settings(tmp_path: Path) -> None:
     search = _search(tmp_path)
     config = Stage2Config(top_k=1, seeds=(0, 1), epochs=1)
