@@ -55,9 +55,10 @@ class Calibration:
 
     @property
     def factor(self) -> float:
-        """measured / predicted of the last round: how far the table was off at this scale."""
-        last = self.rounds[-1]
-        return last.measured_ms / last.predicted_ms if last.predicted_ms > 0 else 1.0
+        """measured / predicted of the round whose budget was chosen (else the last): how far the table
+        was off at the plan's scale."""
+        chosen = next((r for r in self.rounds if r.budget_ms == self.budget_ms), self.rounds[-1])
+        return chosen.measured_ms / chosen.predicted_ms if chosen.predicted_ms > 0 else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"target_ms": self.target_ms, "budget_ms": self.budget_ms, "verified": self.verified,
@@ -85,6 +86,8 @@ def calibrate_budget(model: nn.Module, groups: Iterable[ChannelGroup], example: 
         try:
             ratio, widths = uniform_widths(groups, cost, budget)
         except PruningError:
+            if not done:  # the target itself is below one channel per layer, as predicted
+                raise
             last = done[-1]
             raise PruningError(
                 f"latency target {target_ms:.4g} ms is out of reach as measured: the model cut to the widths the "

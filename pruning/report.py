@@ -113,8 +113,9 @@ class PruneReport:
         went = ", ".join(f"{row['group']} ({row['width'][0]}->{row['width'][1]}) {row['saved_ms']:.3f} ms"
                          for row in latency.get("where_latency_went", [])[:3])
         calibration = latency.get("calibration")
+        unverified = "" if not calibration or calibration.get("verified", True) else "; no plan measured under the target"
         planned = (f", planned to a {calibration['budget_ms']:.4g} ms predicted budget (measured / predicted "
-                   f"x{calibration['factor']:.3g} at the plan)" if calibration else "")
+                   f"x{calibration['factor']:.3g} at the plan{unverified})" if calibration else "")
         return (f"latency target {latency['target_ms']:.4g} ms: {'met' if latency['met'] else 'MISSED'} (measured "
                 f"{measured:.4g}, predicted {latency['predicted_ms']:.4g}{planned}); saved most: {went or '-'}")
 

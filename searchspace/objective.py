@@ -141,13 +141,14 @@ class SearchObjective:
 
     def reject(self, step: CostStep) -> tuple[float, float]:
         """The end of a trial that is not trained, over budget or a duplicate: the Pareto penalty values (a
-        duplicate of a finished trial: that trial's values), else `optuna.TrialPruned` (raised)."""
+        duplicate of a finished trial: that trial's values), else `optuna.TrialPruned` (raised; always for a
+        duplicate of a trial still running)."""
         cost = step.cost
         if step.duplicate_of is not None:
-            if self.settings.pareto:  # NSGA-II ignores pruned trials: the duplicate scores what its original did
-                if step.duplicate_values is not None and len(step.duplicate_values) == 2:
-                    return step.duplicate_values[0], step.duplicate_values[1]
-                return INFEASIBLE_ACCURACY, cost.latency_ms
+            # NSGA-II ignores pruned trials: the duplicate of a finished trial scores what it did; of one still
+            # training, it is pruned (a penalty would put a false zero-accuracy point on the front for good)
+            if self.settings.pareto and step.duplicate_values is not None and len(step.duplicate_values) == 2:
+                return step.duplicate_values[0], step.duplicate_values[1]
             raise optuna.TrialPruned(f"duplicate of trial {step.duplicate_of}: the same architecture is not "
                                      "trained twice")
         if self.settings.pareto:
@@ -224,7 +225,10 @@ _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 def _same_architecture(trial: optuna.Trial, config: ArchConfig) -> FrozenTrial | None:
-    """The earliest other trial of ``trial``'s study with the same architecture, or None.
+    """The earliest earlier trial of ``trial``'s study with the same architecture, or None.
+
+    Only earlier trials count: two workers measuring one architecture at once would otherwise each
+    take the other for the original, and neither would train it.
 
     TPE with few completed trials samples every parameter at its one good observation and proposed
     one architecture three times in a row in a Tiny-ImageNet study (trials 9-11): each retraining
@@ -233,6 +237,6 @@ def _same_architecture(trial: optuna.Trial, config: ArchConfig) -> FrozenTrial |
     """
     arch = config.to_json()
     for other in trial.study.get_trials(deepcopy=False, states=_TAKEN):
-        if other.number != trial.number and other.user_attrs.get("arch") == arch:
+        if other.number < trial.number and other.user_attrs.get("arch") == arch:
             return other
     return None

@@ -123,7 +123,8 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     usable = {m: r for m, r in runs.items() if r["met_target"] and "report" in r and not r["collapsed"]}
     if not usable:
         console.log("[bold red]warning:[/bold red] no pruned model met the target without collapsing: exporting the "
-                    f"unpruned winner ({reason})")
+                    f"unpruned winner ({reason}); to retry the methods that failed, delete "
+                    f"{plan.stage_dir('prune') / 'done.json'} and run the study again")
         if float(records["retrain"].get("accuracy") or 0.0) <= COLLAPSED * chance:
             console.log(f"[bold red]warning:[/bold red] the unpruned winner is itself at chance (validation top-1 "
                         f"{records['retrain'].get('accuracy')}, chance {chance:.4f}): train it longer")
@@ -253,7 +254,7 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
     try:
         model, report = run_pruning(algorithm, run, checkpoint=checkpoint, console=console)
     except (PruningError, TargetMissed) as exc:  # one method's failure is a row, not the end of the study;
-        # not stored: a resumed stage runs it again (after the user changed what made it fail)
+        # not stored: a rerun of the prune stage (its done.json deleted) runs it again, not the stored methods
         console.log(f"[yellow]prune: {method} failed: {exc}")
         return {"method": method, "error": str(exc), "met_target": False, "missed": isinstance(exc, TargetMissed)}
     else:

@@ -101,7 +101,7 @@ def _pruning_section(prune: Record, retrain: Record) -> list[str]:
     if pr is None:
         return [f"## Pruning ({_stage_target_text(prune)}): the unpruned winner is exported", "",
                 "**Warning: no pruned model met the target without collapsing; the exported model is the unpruned "
-                f"winner.** {prune.get('reason', '')}", "", *_unpruned_section(prune, retrain),
+                f"winner.** {prune.get('reason', '')}", "", *_retry_hint(prune), *_unpruned_section(prune, retrain),
                 *_methods_section(prune)]
     return [
         f"## Before and after pruning ({pr['method']}, {_target_text(pr)})",
@@ -120,6 +120,15 @@ def _pruning_section(prune: Record, retrain: Record) -> list[str]:
         "![Per-layer output widths before and after pruning](widths.png)",
         "",
     ]
+
+
+def _retry_hint(prune: Record) -> list[str]:
+    """A finished prune stage is not rerun, and a failed method was not stored: say how to retry it."""
+    failed = [m for m, r in (prune.get("methods") or {}).items() if "error" in r]
+    if not failed:
+        return []
+    return [f"To retry {', '.join(failed)} (after changing what made it fail), delete `prune/done.json` and run the "
+            "study again: the methods stored under `prune/` are not run again.", ""]
 
 
 def _unpruned_section(prune: Record, retrain: Record) -> list[str]:

@@ -88,3 +88,22 @@ def test_no_plan_under_the_target_returns_the_last_correction_unverified(
     assert not calibration.verified and calibration.budget_ms == pytest.approx(
         target_ms * target_ms / calibration.rounds[0].measured_ms)
     assert calibration.to_dict()["rounds"][0]["measured_ms"] > target_ms
+
+
+def test_a_target_below_one_channel_per_layer_before_any_measurement_is_a_pruning_error(
+        setup: tuple[nn.Module, tuple[ChannelGroup, ...], Tensor, LatencyTable]) -> None:
+    model, groups, example, table = setup
+    with pytest.raises(PruningError, match="one channel"):
+        calibrate_budget(model, groups, example, table, 1e-9, _whole_ms)
+
+
+def test_the_factor_is_the_chosen_rounds(
+        setup: tuple[nn.Module, tuple[ChannelGroup, ...], Tensor, LatencyTable]) -> None:
+    model, groups, example, table = setup
+    target_ms = 0.6 * table.base_ms
+    timed = iter([0.9 * target_ms, 1.2 * target_ms])  # under (too far under: corrected), then over the target
+    calibration = calibrate_budget(model, groups, example, table, target_ms, lambda m: next(timed), rounds=2)
+    first, second = calibration.rounds
+    assert calibration.verified and calibration.budget_ms == first.budget_ms == target_ms
+    assert calibration.factor == pytest.approx(first.measured_ms / first.predicted_ms)
+    assert calibration.factor != pytest.approx(second.measured_ms / second.predicted_ms)

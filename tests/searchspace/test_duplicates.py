@@ -50,3 +50,20 @@ def test_a_pareto_duplicate_scores_what_its_original_did(tmp_path: Path, monkeyp
     assert len(trained) == 1 and all(t.state == TrialState.COMPLETE for t in study.trials)
     assert all(t.values == study.trials[0].values for t in study.trials)
     assert all("accuracy" not in t.user_attrs for t in study.trials[1:])  # reports count the original only
+
+
+@pytest.mark.parametrize("pareto", [False, True])
+def test_two_trials_measuring_one_architecture_at_once_train_it_once(tmp_path: Path, pareto: bool) -> None:
+    settings = ObjectiveSettings(space="dscnn", num_classes=10, resolution=32, budget_ms=10.0, budget_macs=None,
+                                 pareto=pareto, epochs=1, checkpoint_dir=tmp_path)
+    objective = SearchObjective(settings, lambda model: COST, lambda *a, **k: 0.5)
+    arch = get_baseline("resnet20").config(num_classes=10, resolution=32)
+    objective.config_for = lambda trial: arch  # type: ignore[method-assign]
+    study = optuna.create_study(directions=["maximize", "minimize"] if pareto else ["maximize"])
+    first, second = study.ask(), study.ask()
+    first.set_user_attr("arch", arch.to_json())  # what cost_step records before measuring (two workers: both)
+    later = objective.cost_step(second)  # measured first: the earlier trial, still running, is the original
+    earlier = objective.cost_step(first)  # the later trial, running too, is not
+    assert later.duplicate_of == first.number and earlier.duplicate_of is None and earlier.feasible
+    with pytest.raises(optuna.TrialPruned, match=f"duplicate of trial {first.number}"):
+        objective.reject(later)  # no values to copy yet: pruned, never a zero-accuracy point on a Pareto front
