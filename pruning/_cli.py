@@ -40,6 +40,9 @@ RUN_FLAGS: tuple[tuple[str, str, str, Any, str], ...] = (
     ("--calibration-rounds", "", "calibration_rounds", int, "with --target-latency: times the widths planned from "
      "the latency table are cut out and measured whole, to correct the table's budget before training (0 = trust "
      "the table)"),
+    ("--latency-plan", "", "latency_plan", str, "with --target-latency: a JSON file holding the latency table and "
+     "calibrated budget; written by the first run, read back by later runs of the same model, settings and target, "
+     "so methods compared at one target plan against one budget (None: measure in every run)"),
 )
 
 

@@ -64,6 +64,11 @@ class Calibration:
         return {"target_ms": self.target_ms, "budget_ms": self.budget_ms, "verified": self.verified,
                 "factor": self.factor, "rounds": [asdict(r) for r in self.rounds]}
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Calibration:
+        return cls(float(doc["target_ms"]), float(doc["budget_ms"]),
+                   tuple(CalibrationRound(**r) for r in doc["rounds"]), bool(doc["verified"]))
+
 
 def calibrate_budget(model: nn.Module, groups: Iterable[ChannelGroup], example: Tensor, table: LatencyTable,
                      target_ms: float, measure: Measure, rounds: int = ROUNDS,

@@ -56,14 +56,21 @@ QUANTA = (8, 4)
 LAYER_RUNS, LAYER_WARMUP = 30, 5
 
 
-def harness(settings: LatencySettings, lock: DeviceLock | None = None) -> Measure:
-    """``measure_latency_ms(model, settings).median_ms``, under ``lock.measuring()`` when given."""
+def harness(settings: LatencySettings, lock: DeviceLock | None = None, busy: list[bool] | None = None) -> Measure:
+    """``measure_latency_ms(model, settings).median_ms``, under ``lock.measuring()`` when given; each
+    measurement's busy flag is appended to ``busy`` when given."""
+
+    def timed(model: nn.Module) -> float:
+        result = measure_latency_ms(model, settings)
+        if busy is not None:
+            busy.append(result.busy)
+        return result.median_ms
 
     def measure(model: nn.Module) -> float:
         if lock is None:
-            return measure_latency_ms(model, settings).median_ms
+            return timed(model)
         with lock.measuring():
-            return measure_latency_ms(model, settings).median_ms
+            return timed(model)
 
     return measure
 
@@ -182,7 +189,20 @@ class LatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"base_ms": self.base_ms, "rest_ms": self.rest_ms, "rest_points": self.rest_points,
+                "positions": self.positions, "sizes": self.sizes,
                 "layers": {n: {f"{o}x{i}": ms for (o, i), ms in lut.ms.items()} for n, lut in self.layers.items()}}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], cost: CostModel) -> LatencyTable:
+        """The table `to_dict` wrote, on the geometry ``cost`` of the same model."""
+        layers = {}
+        for name, cells in doc["layers"].items():
+            grid = {tuple(int(w) for w in key.split("x")): float(ms) for key, ms in cells.items()}
+            layers[name] = _LayerLUT(sorted({o for o, _ in grid}), sorted({i for _, i in grid}),
+                                     {(o, i): ms for (o, i), ms in grid.items()})
+        return cls(float(doc["base_ms"]), float(doc["rest_ms"]), [(float(k), float(r)) for k, r in doc["rest_points"]],
+                   {k: int(v) for k, v in doc["positions"].items()}, layers, {k: int(v) for k, v in doc["sizes"].items()},
+                   cost)
 
 
 def _counts(state: CostState, name: str) -> tuple[int, int]:

@@ -33,7 +33,8 @@ from dscnn.train import TrainConfig, evaluate_accuracy
 from dscnn.units import format_macs
 from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
 from pruning.calibration import ROUNDS, Calibration, calibrate_budget
-from pruning.groups import find_groups
+from pruning.groups import ChannelGroup, find_groups
+from pruning.latency_plan import LatencyPlan, load_plan, plan_key, save_plan
 from pruning.latency_table import build_table, harness
 from pruning.macs import CostModel
 from pruning.outputs import check_output_paths, write_together
@@ -41,7 +42,7 @@ from pruning.report import ModelStats, PruneReport, layer_widths
 from pruning.retrain import train_deploy
 from pruning.source import ModelSource, load_source
 from pruning.target_cost import target_cost
-from pruning.targets import parse_latency_target, parse_target
+from pruning.targets import LatencyTarget, parse_latency_target, parse_target
 from pruning.timing import compare_latency
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class RunConfig:
     latency_runtime: str = "eager"  # dscnn.runtimes name the latency table and the before/after timings run in
     latency_device: str = "cpu"  # where they run: "cpu" or "cuda" (a GPU budget, e.g. runtime cudagraph)
     calibration_rounds: int = ROUNDS  # latency target: whole-model timings correcting the table's budget; 0 = none
+    latency_plan: str | None = None  # latency target: a file that stores the table and budget for later runs to share
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0:
@@ -137,17 +139,17 @@ def run_pruning(
         assert lock is not None
         if not hasattr(algorithm, "latency_table"):
             raise PruningError(f"{algorithm.name} has no latency target")
-        console.log("measuring the latency table (every layer at its candidate widths), under the device lock")
-        with lock.measuring():
-            table = build_table(model, groups, example, settings, harness(settings))
-            target_ms = latency_target.resolve(table.base_ms)
-            target_macs = target_ms  # the algorithms' cost is then the predicted latency (`pruning.latency_table`)
-            if config.calibration_rounds:
-                target_cost(model, groups, example, table, target_ms)  # a target below one channel: refused first
-                calibration = calibrate_budget(model, groups, example, table, target_ms, harness(settings),
-                                               rounds=config.calibration_rounds)
-                target_macs = calibration.budget_ms
-                console.log(_calibration_line(calibration))
+        plan_path = Path(config.latency_plan) if config.latency_plan else None
+        key = plan_key(source.label, {g.root: g.size for g in groups}, settings.to_dict(), str(config.target_latency),
+                       config.calibration_rounds)
+        plan = load_plan(plan_path, key, macs_cost) if plan_path is not None else None
+        if plan is not None:
+            console.log(f"latency plan read from {plan_path} (measured once for every run of this model and target)")
+            target_cost(model, groups, example, plan.table, plan.target_ms)  # a target below one channel: refused
+        else:
+            plan = _measure_plan(model, groups, example, settings, latency_target, config, lock, console, plan_path, key)
+        table, target_ms, target_macs, calibration = plan.table, plan.target_ms, plan.budget_ms, plan.calibration
+        # the algorithms' cost is then the predicted latency (`pruning.latency_table`)
         algorithm.latency_table = table
         algorithm.latency_measure = harness(settings, lock)  # type: ignore[attr-defined]
     steps_per_epoch = max(1, len(data.train_labels) // train.batch_size)
@@ -200,6 +202,30 @@ def run_pruning(
     metrics = _metrics(report)
     write_together([(out, lambda path: source.save(path, pruned, metrics)), (report_path, report.write_json)])
     return pruned, report
+
+
+def _measure_plan(model: nn.Module, groups: tuple[ChannelGroup, ...], example: torch.Tensor, settings: LatencySettings,
+                  latency_target: LatencyTarget, config: RunConfig, lock: DeviceLock, console: Console,
+                  path: Path | None, key: dict[str, Any]) -> LatencyPlan:
+    """The latency table, the target in ms and the calibrated budget, measured under the device lock;
+    stored at ``path`` (when given) unless a whole-model timing was taken on a busy machine."""
+    console.log("measuring the latency table (every layer at its candidate widths), under the device lock")
+    busy: list[bool] = []
+    with lock.measuring():
+        table = build_table(model, groups, example, settings, harness(settings, busy=busy))
+        target_ms = latency_target.resolve(table.base_ms)
+        calibration = None
+        if config.calibration_rounds:
+            target_cost(model, groups, example, table, target_ms)  # a target below one channel: refused first
+            calibration = calibrate_budget(model, groups, example, table, target_ms, harness(settings, busy=busy),
+                                           rounds=config.calibration_rounds)
+            console.log(_calibration_line(calibration))
+    plan = LatencyPlan(table, target_ms, calibration.budget_ms if calibration is not None else target_ms, calibration)
+    if path is not None and any(busy):
+        console.log(f"[yellow]latency plan not stored in {path}: timed on a busy machine")
+    elif path is not None:
+        save_plan(path, key, plan)
+    return plan
 
 
 def _calibration_line(calibration: Calibration) -> str:

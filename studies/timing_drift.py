@@ -5,8 +5,8 @@ Stage 2 decides which baselines fit the budget from one interleaved timing of ev
 milliseconds the budget is written in. On the shared 2-core VM these sessions ran on, the whole
 machine moved between speeds with no load visible from inside it (no other process, timing thread
 on its CPU 99.9% of the window, no steal time reported): in the Tiny-ImageNet equal-latency study
-every candidate timed 1.58-1.75x its stage-1 number in one side-by-side run, so every baseline fell
-over a budget it had met, and a 1-thread ResNet-20 timed 2.1-3.4 ms in runs 20 s apart.
+one side-by-side run timed the candidates 1.10-1.75x their stage-1 numbers (median 1.61x), so every
+baseline fell over a budget it had met, and a 1-thread ResNet-20 timed 2.1-3.4 ms in runs 20 s apart.
 
 Interference only ever adds time, so a run in which *every* model is slower than stage 1 measured it
 (the median ratio over `SLOWED` above 1) says the machine was slowed, not that the models changed;

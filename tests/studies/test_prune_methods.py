@@ -119,6 +119,18 @@ def test_a_fractional_latency_target_is_resolved_once_for_every_method(tmp_path:
     absolute = load_plan(_plan(tmp_path, 'method = "csgd"\ntarget_latency = "3ms"\n'))
     assert stages._shared_latency_target(absolute, str(winner), console) == "3ms"
 
+    # a machine slowed as a whole: 9 ms against the 5 ms stage 2 timed side by side, then 5.5 ms
+    machine = iter([9.0, 5.5])
+    monkeypatch.setattr(latency, "measure_latency_ms", lambda model, settings: latency.LatencyResult(
+        *(lambda ms: (ms, ms, ms, (ms,), 1.0, None, 1, False))(next(machine))))
+    monkeypatch.setattr(stages, "TIMING_PAUSE_S", 0.0)
+    (plan.stage_dir("prune") / "latency_target.json").unlink()
+    assert stages._shared_latency_target(plan, str(winner), console, reference_ms=5.0) == "3.3ms"
+    records = {"retrain": {"from_stage2": "trial 3"},
+               "stage2": {"summary": {"rows": [{"label": "resnet20", "latency_ms": 1.0},
+                                               {"label": "trial 3", "latency_ms": 5.0}]}}}
+    assert stages._stage2_latency_ms(records) == 5.0 and stages._stage2_latency_ms({}) is None
+
 
 def test_the_epochs_recorded_are_the_reports_and_must_match_the_planned_split() -> None:
     magnitude = {"regularized": 0, "finetune": 3}
