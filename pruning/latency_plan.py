@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dscnn.checkpoint import write_text_atomic
+from dscnn.environment import hardware_id
 from pruning.calibration import Calibration
 from pruning.latency_table import LatencyTable
 from pruning.macs import CostModel
@@ -36,7 +37,8 @@ def plan_key(model_label: str, group_sizes: dict[str, int], settings: dict[str, 
              calibration_rounds: int) -> dict[str, Any]:
     """What a stored plan was measured for; a plan stored under another key is measured again."""
     doc = {"model": model_label, "groups": group_sizes, "settings": settings, "target": target,
-           "calibration_rounds": calibration_rounds}
+           "calibration_rounds": calibration_rounds,
+           "hardware": hardware_id(str(settings.get("device", "cpu")))}  # a committed plan, read on another machine
     return dict(json.loads(json.dumps(doc, default=str)))
 
 

@@ -34,7 +34,10 @@ from searchspace.storage import JournalDamaged
 from studies import stages
 from studies.plan import STAGES, StudyError, StudyPlan, load_plan
 
-__all__ = ["STAGES", "StudyError", "StudyPlan", "load_plan", "main", "run_study"]
+#: The stage whose record's checkpoint each stage reads (a study with stage 2: retrain names the stage-2 run).
+READS_CHECKPOINT_OF = {"prune": "retrain", "export": "prune"}
+
+__all__ = ["READS_CHECKPOINT_OF", "STAGES", "StudyError", "StudyPlan", "load_plan", "main", "run_study"]
 
 def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: str | None = None) -> dict[str, Any]:
     """Run the unfinished stages of ``plan`` in order; returns every stage's record."""
@@ -45,14 +48,21 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
         "export": stages.export, "report": stages.report,
     }
     records: dict[str, Any] = {}
-    last = STAGES.index(stop_after) if stop_after else len(STAGES) - 1
-    for n, stage in enumerate(STAGES):
+    planned = STAGES[:STAGES.index(stop_after) + 1] if stop_after else STAGES
+    stored_records = {s: json.loads(m.read_text()) for s in planned if (m := plan.stage_dir(s) / "done.json").is_file()}
+    # checkpoints are not committed: a clean checkout of a finished study has the records only. A finished
+    # stage runs again only when a stage that will run reads the checkpoint it made (and it is gone)
+    will_run: set[str] = set()
+    for stage in reversed(planned):
+        source = READS_CHECKPOINT_OF.get(stage)
+        if stage not in stored_records:
+            will_run.add(stage)
+        if stage in will_run and source in stored_records and _lost_checkpoint(stored_records[source]):
+            will_run.add(source)
+    for stage in planned:
         marker = plan.stage_dir(stage) / "done.json"
-        stored = json.loads(marker.read_text()) if marker.is_file() else None
-        # checkpoints are not committed: a clean checkout of a finished study has the records only, and a
-        # stage still to run needs the model file a finished one made (restored from its stored run)
-        needed = any(not (plan.stage_dir(s) / "done.json").is_file() for s in STAGES[n + 1:last + 1])
-        lost = stored is not None and needed and _lost_checkpoint(stored)
+        stored = stored_records.get(stage)
+        lost = stored is not None and stage in will_run
         if stored is not None and lost:
             console.log(f"{stage}: done earlier, but its checkpoint {stored['checkpoint']} is missing: running it again")
         if stored is not None and not lost:
@@ -67,8 +77,6 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
             record.setdefault("git", revision)  # stages run at different times, maybe on other code
             records[stage] = record
             write_text_atomic(marker, json.dumps(record, indent=2, default=str))
-        if stage == stop_after:
-            break
     return records
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 
 import dscnn
 from dscnn.checkpoint import read_checkpoint, write_text_atomic
+from dscnn.environment import hardware_id
 from searchspace import run_search
 from studies.plan import StudyError, StudyPlan
 from studies.stage2 import TIMING_ATTEMPTS, TIMING_PAUSE_S
@@ -126,8 +127,9 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     usable = {m: r for m, r in runs.items() if r["met_target"] and "report" in r and not r["collapsed"]}
     if not usable:
         console.log("[bold red]warning:[/bold red] no pruned model met the target without collapsing: exporting the "
-                    f"unpruned winner ({reason}); to retry the methods that failed, delete "
-                    f"{plan.stage_dir('prune') / 'done.json'} and run the study again")
+                    f"unpruned winner ({reason}); to retry the methods that failed, delete done.json in "
+                    f"{plan.stage_dir('prune')}, {plan.stage_dir('export')} and {plan.stage_dir('report')} and run the "
+                    "study again")
         if float(records["retrain"].get("accuracy") or 0.0) <= COLLAPSED * chance:
             console.log(f"[bold red]warning:[/bold red] the unpruned winner is itself at chance (validation top-1 "
                         f"{records['retrain'].get('accuracy')}, chance {chance:.4f}): train it longer")
@@ -207,8 +209,11 @@ def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console,
     deploy = dscnn.reparameterize_model(model).eval()
     resolution = config.data.resolution or int(getattr(model.config, "resolution", 0)) or config.latency.resolution
     settings = _latency_settings(config, resolution)
-    key = {"target": plan.target_latency, "settings": settings.to_dict(), "checkpoint": str(checkpoint)}
+    key = {"target": plan.target_latency, "settings": settings.to_dict(), "checkpoint": str(checkpoint),
+           "arch_hash": _arch_hash(model), "hardware": hardware_id(settings.device)}
     stored = plan.stage_dir("prune") / "latency_target.json"
+    if reference_ms is not None and not _timed_alike(config.latency.replace(resolution=resolution), settings):
+        reference_ms = None  # stage 2 timed another batch, runtime or precision: no reference for a slowdown
     if stored.is_file():
         doc = json.loads(stored.read_text())
         if doc.get("for") == json.loads(json.dumps(key, default=str)):
@@ -230,14 +235,27 @@ def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console,
     text = f"{target.resolve(measured.median_ms):.6g}ms"
     console.log(f"prune: latency target {plan.target_latency} of the winner's {measured.median_ms:.3f} ms = {text} "
                 "for every method")
-    if measured.busy:  # usable for this run, never kept: a resumed stage measures again
-        console.log(f"[yellow]warning:[/yellow] the winner's {measured.median_ms:.3f} ms was measured on a busy "
-                    "machine: the target is not stored")
+    still_slowed = reference_ms is not None and slowed(measured.median_ms / reference_ms)
+    if measured.busy or still_slowed:  # usable for this run, never kept: a resumed stage measures again
+        why = "on a busy machine" if measured.busy else f"{measured.median_ms / (reference_ms or 1.0):.2f}x its stage-2 latency"
+        console.log(f"[yellow]warning:[/yellow] the winner's {measured.median_ms:.3f} ms was measured {why}: the "
+                    "target is not stored")
         return text
     plan.stage_dir("prune").mkdir(parents=True, exist_ok=True)
     write_text_atomic(stored, json.dumps({"target_latency": text, "fraction": target.fraction, "for": key,
                                           "winner": measured.to_dict()}, indent=2, default=str))
     return text
+
+
+def _arch_hash(model: Any) -> str | None:
+    config = getattr(model, "config", None)
+    return config.arch_hash() if config is not None else None
+
+
+def _timed_alike(a: Any, b: Any) -> bool:
+    """Do two latency settings time the same thing (not how many runs)?"""
+    fields = ("device", "batch", "resolution", "threads", "precision", "channels_last", "runtime", "in_channels")
+    return all(getattr(a, f, None) == getattr(b, f, None) for f in fields)
 
 
 def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: str | None,

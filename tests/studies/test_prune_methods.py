@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -126,6 +127,15 @@ def test_a_fractional_latency_target_is_resolved_once_for_every_method(tmp_path:
     monkeypatch.setattr(stages, "TIMING_PAUSE_S", 0.0)
     (plan.stage_dir("prune") / "latency_target.json").unlink()
     assert stages._shared_latency_target(plan, str(winner), console, reference_ms=5.0) == "3.3ms"
+    assert (plan.stage_dir("prune") / "latency_target.json").is_file()
+    (plan.stage_dir("prune") / "latency_target.json").unlink()
+    machine = iter([9.0] * stages.TIMING_ATTEMPTS)  # slowed in every try: used for this run, never stored
+    assert stages._shared_latency_target(plan, str(winner), console, reference_ms=5.0) == "5.4ms"
+    assert not (plan.stage_dir("prune") / "latency_target.json").exists()
+    machine = iter([9.0])  # stage 2 timed another batch: no reference, one timing
+    batched = dataclasses.replace(plan.search_config(), latency=plan.search_config().latency.replace(batch=8))
+    monkeypatch.setattr(type(plan), "search_config", lambda self: batched)
+    assert stages._shared_latency_target(plan, str(winner), console, reference_ms=5.0) == "5.4ms"
     records = {"retrain": {"from_stage2": "trial 3"},
                "stage2": {"summary": {"rows": [{"label": "resnet20", "latency_ms": 1.0},
                                                {"label": "trial 3", "latency_ms": 5.0}]}}}

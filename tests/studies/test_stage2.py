@@ -161,6 +161,16 @@ def test_a_clean_checkout_trains_the_missing_winner_checkpoint_again_for_the_sta
     assert 0.0 <= restored["val_accuracy"] <= 1.0 and restored["seconds"] > 0
     assert json.loads(checkpoint.with_suffix(".json").read_text()) == stored_run  # the study's numbers stay
     assert json.loads((plan.stage_dir("retrain") / "done.json").read_text())["restored"] == restored
+    # later stages that do not read the winner's checkpoint never retrain it (the export reads the prune stage's)
+    pruned = tmp_path / "pruned.pt"
+    pruned.write_bytes(b"model")
+    (plan.stage_dir("prune") / "done.json").write_text(json.dumps({"checkpoint": str(pruned)}))
+    checkpoint.unlink()
+    ran: list[str] = []
+    monkeypatch.setattr(studies.stages, "export", lambda plan, records, console: ran.append("export") or {})
+    monkeypatch.setattr(studies.stages, "report", lambda plan, records, console: ran.append("report") or {})
+    run_study(plan)
+    assert ran == ["export", "report"] and seen == [True] and not checkpoint.exists()
 
 
 def _srow(label: str, *, baseline: bool, val: float, test: float, latency: float, fits: bool = True,
