@@ -20,7 +20,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -57,18 +56,17 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
         source = READS_CHECKPOINT_OF.get(stage)
         if stage not in stored_records:
             will_run.add(stage)
-        if stage in will_run and source in stored_records and _lost_checkpoint(stored_records[source]):
+        if stage in will_run and source in stored_records and stages.lost_checkpoint(stored_records[source]):
             will_run.add(source)
     for stage in planned:
         marker = plan.stage_dir(stage) / "done.json"
         stored = stored_records.get(stage)
-        lost = stored is not None and stage in will_run
-        if stored is not None and lost:
-            console.log(f"{stage}: done earlier, but its checkpoint {stored['checkpoint']} is missing: running it again")
-        if stored is not None and not lost:
+        if stored is not None and stage not in will_run:
             records[stage] = stored
             console.log(f"[dim]{stage}: done earlier, skipped ({marker})")
         else:
+            if stored is not None:
+                console.log(f"{stage}: done earlier, but its checkpoint {stored['checkpoint']} is missing: running it again")
             console.rule(f"{plan.path.stem}: {stage}")
             started, revision = time.time(), git_revision()  # at the start: the stage imports its code now
             plan.stage_dir(stage).mkdir(parents=True, exist_ok=True)
@@ -78,11 +76,6 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
             records[stage] = record
             write_text_atomic(marker, json.dumps(record, indent=2, default=str))
     return records
-
-
-def _lost_checkpoint(record: dict[str, Any]) -> bool:
-    checkpoint = record.get("checkpoint")
-    return isinstance(checkpoint, str) and not Path(checkpoint).is_file()
 
 
 def main(argv: list[str] | None = None) -> int:

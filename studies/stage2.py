@@ -38,18 +38,15 @@ from dscnn.train import TrainConfig, TrainingDiverged, evaluate_accuracy, resolv
 from searchspace import SearchConfig, open_storage
 from searchspace.device_lock import DeviceLock, TrainingSlot
 from searchspace.report import TrialRow, trained, trial_rows
+from studies import timing_drift
 from studies.plan import StudyError
 from studies.stage2_table import markdown, summary_row, verdict
-from studies.timing_drift import slowdown, slowed
+from studies.timing_drift import least_slowed, slowdown, slowed
 
 #: A baseline stage 1 timed up to this factor over the budget still enters the side-by-side timing.
 NEAR_BUDGET = 1.1
-#: Side-by-side timings at most while the whole run is slower than stage 1 (`studies.timing_drift`) ...
-TIMING_ATTEMPTS = 4
-#: ... this many seconds apart (the slow spells of the shared VM came and went within minutes).
-TIMING_PAUSE_S = 30.0
 
-__all__ = ["NEAR_BUDGET", "TIMING_ATTEMPTS", "TIMING_PAUSE_S", "Candidate", "Stage2Config", "excluded_baselines",
+__all__ = ["NEAR_BUDGET", "Candidate", "Stage2Config", "excluded_baselines",
            "restore_run", "run_record", "run_stage2", "select_candidates"]
 
 
@@ -260,7 +257,7 @@ def _latencies(candidates: list[Candidate], search: SearchConfig, out: Path, dat
     """Every candidate's deploy form timed side by side in one run; stored, and reused by a resumed
     stage only for the same candidates and settings, and only when no entry was measured on a busy
     machine and the run was not slowed as a whole. A run slower as a whole than stage 1 (`slowed`)
-    is timed again, up to `TIMING_ATTEMPTS` runs `TIMING_PAUSE_S` apart; the least slowed is kept."""
+    is timed again (`timing_drift.least_slowed`); the least slowed is kept."""
     path = out / "latency.json"
     resolution = search.data.resolution or data.resolution
     settings = search.latency.replace(resolution=resolution)
@@ -274,26 +271,17 @@ def _latencies(candidates: list[Candidate], search: SearchConfig, out: Path, dat
     models = {c.label: dscnn.deploy_copy(dscnn.build_model(dscnn.config_from_dict(c.arch))) for c in candidates}
     lock = DeviceLock(search.device_lock, device=settings.device)
     stage1 = {c.label: c.stage1_latency_ms for c in candidates}
-    kept: tuple[float | None, dict[str, Any]] | None = None
-    factors: list[float | None] = []
-    for attempt in range(TIMING_ATTEMPTS):
-        if attempt:
-            console.log(f"stage 2: every model timed {factors[-1]:.2f}x its stage-1 latency (median): the machine runs "
-                        f"slower as a whole; timing again in {TIMING_PAUSE_S:g} s ({attempt + 1}/{TIMING_ATTEMPTS})")
-            time.sleep(TIMING_PAUSE_S)
-        results = measure_side_by_side(models, settings, guard=lock.measuring())
-        factor = slowdown({k: v.median_ms for k, v in results.items()}, stage1)
-        factors.append(factor)
-        if kept is None or (factor or 0.0) < (kept[0] or 0.0):
-            kept = factor, {k: dataclasses.asdict(v) for k, v in results.items()}
-        if not slowed(factor):
-            break
-    assert kept is not None
-    factor = kept[0]
+    results, factor, factors = least_slowed(
+        lambda: measure_side_by_side(models, settings, guard=lock.measuring()),
+        lambda results: slowdown({k: v.median_ms for k, v in results.items()}, stage1),
+        lambda factor, attempt: console.log(
+            f"stage 2: every model timed {factor:.2f}x its stage-1 latency (median): the machine runs slower as a "
+            f"whole; timing again in {timing_drift.TIMING_PAUSE_S:g} s ({attempt}/{timing_drift.TIMING_ATTEMPTS})"))
     if slowed(factor):
         console.log(f"[yellow]warning:[/yellow] stage 2: the side-by-side timing stayed {factor:.2f}x slower than stage 1 "
-                    f"in {TIMING_ATTEMPTS} runs: which baselines fit the budget is decided on a slowed machine")
-    doc = {"key": key, "settings": settings.to_dict(), "results": kept[1], "slowdown": factor,
+                    f"in {len(factors)} runs: which baselines fit the budget is decided on a slowed machine")
+    doc = {"key": key, "settings": settings.to_dict(),
+           "results": {k: dataclasses.asdict(v) for k, v in results.items()}, "slowdown": factor,
            "slowdown_attempts": factors, "slowed": slowed(factor)}
     _write_json(path, doc)
     return doc

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,9 @@ import dscnn
 from dscnn.checkpoint import read_checkpoint, write_text_atomic
 from dscnn.environment import hardware_id
 from searchspace import run_search
+from studies import timing_drift
 from studies.plan import StudyError, StudyPlan
-from studies.stage2 import TIMING_ATTEMPTS, TIMING_PAUSE_S
-from studies.timing_drift import slowed
+from studies.timing_drift import least_slowed, slowed
 
 Record = dict[str, Any]
 
@@ -130,13 +129,24 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
                     f"unpruned winner ({reason}); to retry the methods that failed, delete done.json in "
                     f"{plan.stage_dir('prune')}, {plan.stage_dir('export')} and {plan.stage_dir('report')} and run the "
                     "study again")
-        if float(records["retrain"].get("accuracy") or 0.0) <= COLLAPSED * chance:
+        if at_chance(records["retrain"].get("accuracy"), chance):
             console.log(f"[bold red]warning:[/bold red] the unpruned winner is itself at chance (validation top-1 "
                         f"{records['retrain'].get('accuracy')}, chance {chance:.4f}): train it longer")
         return {**record, "checkpoint": checkpoint, "chosen": None, "exported": "unpruned"}
     chosen = max(usable, key=lambda m: _accuracy(usable[m]))
     return {**record, "checkpoint": usable[chosen]["checkpoint"], "report": usable[chosen]["report"],
             "chosen": chosen, "exported": "pruned"}
+
+
+def lost_checkpoint(record: Record) -> bool:
+    """Does ``record`` name a checkpoint that is not on disk (checkpoints are not committed)?"""
+    checkpoint = record.get("checkpoint")
+    return isinstance(checkpoint, str) and bool(checkpoint) and not Path(checkpoint).is_file()
+
+
+def at_chance(accuracy: float | None, chance: float) -> bool:
+    """Top-1 at most `COLLAPSED` x ``chance``: the network learned nothing (None counts as 0)."""
+    return float(accuracy or 0.0) <= COLLAPSED * chance
 
 
 def _accuracy(run: Record) -> float:
@@ -150,7 +160,7 @@ def _judged(run: Record, chance: float) -> Record:
         verb = "missed the target" if run.get("missed") else "failed"  # TargetMissed says by how much
         return {**run, "collapsed": False, "outcome": f"{verb} ({run.get('error', '?')})"}
     accuracy = _accuracy(run)
-    collapsed = accuracy <= COLLAPSED * chance
+    collapsed = at_chance(accuracy, chance)
     if not run["met_target"]:
         outcome = f"missed the target{_missed_by(run['report'])} (top-1 {accuracy:.4f})"
     elif collapsed:
@@ -192,8 +202,8 @@ def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console,
     each method another target on a machine whose load changes). Stored with what it was measured
     for, so a resumed stage keeps it; a changed target or settings, or a busy measurement, is measured
     again. With ``reference_ms`` (the winner's stage-2 side-by-side latency), a measurement more than
-    `SLOWED` x it was taken on a slowed machine (`studies.timing_drift`): it is taken again, up to
-    `TIMING_ATTEMPTS` times, and the fastest is the reference of the target."""
+    `SLOWED` x it was taken on a slowed machine: it is taken again (`timing_drift.least_slowed`), and
+    the fastest is the reference of the target."""
     if plan.target_latency is None:
         return None
     from pruning.targets import parse_latency_target
@@ -220,24 +230,20 @@ def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console,
             return str(doc["target_latency"])
         console.log(f"prune: {stored} was measured for another target or settings: measuring again")
     lock = DeviceLock(config.device_lock, device=settings.device)
-    measured = None
-    for attempt in range(TIMING_ATTEMPTS):
-        if attempt and measured is not None and reference_ms:
-            console.log(f"prune: the winner timed {measured.median_ms:.3f} ms, {measured.median_ms / reference_ms:.2f}x "
-                        f"its stage-2 latency: the machine runs slower as a whole; timing again in {TIMING_PAUSE_S:g} s")
-            time.sleep(TIMING_PAUSE_S)
+
+    def timed() -> Any:
         with lock.measuring():
-            result = measure_latency_ms(deploy, settings)
-        measured = result if measured is None or result.median_ms < measured.median_ms else measured
-        if reference_ms is None or not slowed(measured.median_ms / reference_ms):
-            break
-    assert measured is not None
+            return measure_latency_ms(deploy, settings)
+
+    measured, factor, _ = least_slowed(
+        timed, lambda result: result.median_ms / reference_ms if reference_ms else None,
+        lambda factor, attempt: console.log(f"prune: the winner timed {factor:.2f}x its stage-2 latency: the machine "
+                                            f"runs slower as a whole; timing again in {timing_drift.TIMING_PAUSE_S:g} s"))
     text = f"{target.resolve(measured.median_ms):.6g}ms"
     console.log(f"prune: latency target {plan.target_latency} of the winner's {measured.median_ms:.3f} ms = {text} "
                 "for every method")
-    still_slowed = reference_ms is not None and slowed(measured.median_ms / reference_ms)
-    if measured.busy or still_slowed:  # usable for this run, never kept: a resumed stage measures again
-        why = "on a busy machine" if measured.busy else f"{measured.median_ms / (reference_ms or 1.0):.2f}x its stage-2 latency"
+    if measured.busy or slowed(factor):  # usable for this run, never kept: a resumed stage measures again
+        why = "on a busy machine" if measured.busy else f"{factor:.2f}x its stage-2 latency"
         console.log(f"[yellow]warning:[/yellow] the winner's {measured.median_ms:.3f} ms was measured {why}: the "
                     "target is not stored")
         return text
@@ -272,8 +278,7 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
         # the report's epochs (a record from before reports stated them: the study's own)
         stored = record.get("report", {}).get("epochs") or record.get("epochs") or {}
         same = record.get("target") == (target_latency or plan.target_flops) and stored == planned
-        lost = bool(record.get("checkpoint")) and not Path(str(record.get("checkpoint"))).is_file()
-        if same and lost:  # checkpoints are not committed: a clean checkout of a finished study
+        if same and lost_checkpoint(record):  # checkpoints are not committed: a clean checkout of a finished study
             console.log(f"prune: {method} finished earlier, but {record.get('checkpoint')} is missing: pruning again")
         elif same:
             console.log(f"prune: {method} finished earlier ({done})")

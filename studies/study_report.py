@@ -12,7 +12,7 @@ from rich.console import Console
 from dscnn.environment import environment
 from dscnn.units import format_macs
 from studies.plan import StudyPlan
-from studies.stages import COLLAPSED
+from studies.stages import COLLAPSED, at_chance
 
 Record = dict[str, Any]
 
@@ -136,7 +136,7 @@ def _unpruned_section(prune: Record, retrain: Record) -> list[str]:
     """The exported unpruned winner, with the stats a pruning run measured of it (the first that got that far)."""
     text = f"Exported: the retrained winner unchanged, validation top-1 {_fmt(retrain.get('accuracy'))}."
     accuracy, chance = retrain.get("accuracy"), prune.get("chance")
-    if accuracy is not None and chance is not None and accuracy <= COLLAPSED * chance:
+    if accuracy is not None and chance is not None and at_chance(accuracy, chance):
         text += (f"\n\n**Warning: the exported model is itself at chance** (validation top-1 {_fmt(accuracy)}, chance "
                  f"{_fmt(chance)}): it has not learned the task. Train longer (the [stage2] or [retrain] epochs) "
                  "before deploying or pruning it.")

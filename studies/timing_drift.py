@@ -18,12 +18,20 @@ side run is for, and the median ignores it.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
-__all__ = ["SLOWED", "slowdown", "slowed"]
+__all__ = ["SLOWED", "TIMING_ATTEMPTS", "TIMING_PAUSE_S", "least_slowed", "slowdown", "slowed"]
 
 #: A side-by-side run whose median ratio to stage 1 is above this was slowed as a whole.
 SLOWED = 1.15
+#: Timings at most while they are slowed as a whole ...
+TIMING_ATTEMPTS = 4
+#: ... this many seconds apart (the slow spells of the shared VM came and went within minutes).
+TIMING_PAUSE_S = 30.0
+
+T = TypeVar("T")
 
 
 def slowdown(side_by_side_ms: Mapping[str, float], stage1_ms: Mapping[str, float | None]) -> float | None:
@@ -35,3 +43,25 @@ def slowdown(side_by_side_ms: Mapping[str, float], stage1_ms: Mapping[str, float
 def slowed(factor: float | None, limit: float = SLOWED) -> bool:
     """Was the run slowed as a whole (`slowdown` above ``limit``)? Unknown counts as no."""
     return factor is not None and factor > limit
+
+
+def least_slowed(measure: Callable[[], T], factor_of: Callable[[T], float | None],
+                 retrying: Callable[[float, int], None]) -> tuple[T, float | None, list[float | None]]:
+    """``measure()`` taken again while its ``factor_of`` is `slowed`, up to `TIMING_ATTEMPTS` times
+    `TIMING_PAUSE_S` apart (``retrying(factor, attempt)`` is told before each pause, attempt counting
+    from 2). Returns the least slowed result, its factor, and every attempt's factor."""
+    kept: tuple[float | None, T] | None = None
+    factors: list[float | None] = []
+    for attempt in range(TIMING_ATTEMPTS):
+        if attempt:
+            retrying(factors[-1] or 0.0, attempt + 1)
+            time.sleep(TIMING_PAUSE_S)
+        result = measure()
+        factor = factor_of(result)
+        factors.append(factor)
+        if kept is None or (factor or 0.0) < (kept[0] or 0.0):
+            kept = factor, result
+        if not slowed(factor):
+            break
+    assert kept is not None
+    return kept[1], kept[0], factors

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 import dscnn
-from studies import stages
+from studies import stages, timing_drift
 from studies.plan import StudyError, StudyPlan, load_plan
 from studies.study_report import _methods_section, _pruning_section
 from tests.pruning.tiny import tiny_overrides
@@ -124,12 +124,12 @@ def test_a_fractional_latency_target_is_resolved_once_for_every_method(tmp_path:
     machine = iter([9.0, 5.5])
     monkeypatch.setattr(latency, "measure_latency_ms", lambda model, settings: latency.LatencyResult(
         *(lambda ms: (ms, ms, ms, (ms,), 1.0, None, 1, False))(next(machine))))
-    monkeypatch.setattr(stages, "TIMING_PAUSE_S", 0.0)
+    monkeypatch.setattr(timing_drift, "TIMING_PAUSE_S", 0.0)
     (plan.stage_dir("prune") / "latency_target.json").unlink()
     assert stages._shared_latency_target(plan, str(winner), console, reference_ms=5.0) == "3.3ms"
     assert (plan.stage_dir("prune") / "latency_target.json").is_file()
     (plan.stage_dir("prune") / "latency_target.json").unlink()
-    machine = iter([9.0] * stages.TIMING_ATTEMPTS)  # slowed in every try: used for this run, never stored
+    machine = iter([9.0] * timing_drift.TIMING_ATTEMPTS)  # slowed in every try: used for this run, never stored
     assert stages._shared_latency_target(plan, str(winner), console, reference_ms=5.0) == "5.4ms"
     assert not (plan.stage_dir("prune") / "latency_target.json").exists()
     machine = iter([9.0])  # stage 2 timed another batch: no reference, one timing

@@ -16,6 +16,7 @@ import studies.stage2 as stage2
 from dscnn.data import DataConfig
 from searchspace import SearchConfig, open_storage
 from searchspace.report import TrialRow
+from studies import timing_drift
 from studies.plan import StudyError
 from studies.stage2 import Stage2Config, run_stage2, select_candidates
 from studies.stage2_table import markdown, verdict, winner
@@ -306,7 +307,7 @@ def test_a_side_by_side_run_slower_as_a_whole_than_stage1_is_timed_again(
         return {k: dataclasses.replace(v, median_ms=ms, busy=False) for k, v in real(models, settings, **kw).items()}
 
     monkeypatch.setattr(stage2, "measure_side_by_side", machine)
-    monkeypatch.setattr(stage2, "TIMING_PAUSE_S", 0.0)
+    monkeypatch.setattr(timing_drift, "TIMING_PAUSE_S", 0.0)
     out = tmp_path / "stage2"
     summary = run_stage2(search, Stage2Config(top_k=1, seeds=(0, 1), epochs=1), out)
     assert len(runs) == calls and {r["latency_ms"] for r in summary["rows"]} == {kept_ms}
