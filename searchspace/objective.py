@@ -234,9 +234,14 @@ def _same_architecture(trial: optuna.Trial, config: ArchConfig) -> FrozenTrial |
     one architecture three times in a row in a Tiny-ImageNet study (trials 9-11): each retraining
     costs a full proxy training and tells the sampler nothing new. A pruned duplicate also marks the
     point as explored for TPE, which moves it on.
+
+    Only originals count, never another duplicate: if the original of a duplicate later fails, the
+    next sample of that architecture finds no original and trains it (counting the pruned
+    duplicate would leave the architecture untrained for good).
     """
     arch = config.to_json()
     for other in trial.study.get_trials(deepcopy=False, states=_TAKEN):
-        if other.number < trial.number and other.user_attrs.get("arch") == arch:
+        if (other.number < trial.number and other.user_attrs.get("arch") == arch
+                and other.user_attrs.get("duplicate_of") is None):
             return other
     return None

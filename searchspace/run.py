@@ -139,6 +139,7 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
         claim_output_folder(config, is_new)
         orphans = fail_orphaned_trials(study)
         requeued = requeue_lost_trials(study)
+        joined = join_study(study, config)
         if is_new:
             study.set_user_attr(VAL_IMAGES_ATTR, int(data.split("val")[1].numel()))  # the verdict's noise level
             for label in config.baselines[: config.trials]:
@@ -146,6 +147,8 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
     (config.out_dir / "trials").mkdir(parents=True, exist_ok=True)
     recorded = dataclasses.replace(config, latency=config.latency.replace(resolution=resolution))
     write_text_atomic(config.out_dir / "search_config.json", json.dumps(recorded.to_dict(), indent=2, default=str))
+    if joined:
+        console.log(f"worker {joined + 1} of this study: sampler seed {worker_sampler_seed(config.seed, joined)}")
     if orphans:
         console.log(f"marked trials {orphans} FAIL: their worker is gone")
     if requeued:
@@ -156,15 +159,38 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
     return study, data, build_objective(config, data, console)
 
 
+def make_sampler(config: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler (NSGA-II for --pareto, else TPE), seeded with ``seed``."""
+    if config.pareto:
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(5, len(config.baselines)))
+
+
+def worker_sampler_seed(study_seed: int, joined_before: int) -> int:
+    """The sampler seed of the worker that joins a study after ``joined_before`` others: the study's
+    seed for the first (a one-worker study is reproducible from it), a different one for every later
+    worker, resumed ones included (the same seed would re-propose what the first one proposed, and
+    those trials would only be pruned as duplicates)."""
+    return study_seed if joined_before == 0 else (study_seed * 1_000_003 + 7_919 * joined_before) % 2**31
+
+
+def join_study(study: BoundedStudy, config: SearchConfig) -> int:
+    """Count this process among the study's workers (under the study's lock) and seed its sampler
+    accordingly; return how many workers joined before it."""
+    joined = int(study._storage.get_study_system_attrs(study._study_id).get(WORKERS_JOINED_ATTR, 0))
+    study._storage.set_study_system_attr(study._study_id, WORKERS_JOINED_ATTR, joined + 1)
+    if joined:
+        study.sampler = make_sampler(config, worker_sampler_seed(config.seed, joined))
+    return joined
+
+
 def open_study(config: SearchConfig) -> BoundedStudy:
     """Create or load the study, bounded to ``config.trials`` trials in total."""
-    sampler: optuna.samplers.BaseSampler
+    sampler = make_sampler(config, config.seed)
     if config.pareto:
-        sampler = optuna.samplers.NSGAIISampler(seed=config.seed)
         directions = ["maximize", "minimize"]
         pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     else:
-        sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=max(5, len(config.baselines)))
         directions = ["maximize"]
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     study = optuna.create_study(
@@ -245,6 +271,7 @@ def _best_value(study: optuna.Study) -> float | None:
     return max((r.accuracy for r in rows if r.accuracy is not None), default=None)
 
 
+WORKERS_JOINED_ATTR = "workers_joined"  # study system attribute: worker processes that have opened the study
 VAL_IMAGES_ATTR = "val_images"  # study user attribute: size of the validation split trials are scored on
 CHANCE_MARGIN = 0.05  # a best accuracy within this of chance (1 / classes) is reported as noise
 

@@ -67,3 +67,21 @@ def test_two_trials_measuring_one_architecture_at_once_train_it_once(tmp_path: P
     assert later.duplicate_of == first.number and earlier.duplicate_of is None and earlier.feasible
     with pytest.raises(optuna.TrialPruned, match=f"duplicate of trial {first.number}"):
         objective.reject(later)  # no values to copy yet: pruned, never a zero-accuracy point on a Pareto front
+
+
+def test_an_architecture_whose_original_failed_is_trained_by_its_next_sample(tmp_path: Path) -> None:
+    """Trial 1 is pruned as a duplicate of trial 0 while 0 trains; 0 then fails: trial 2 must train it."""
+    settings = ObjectiveSettings(space="dscnn", num_classes=10, resolution=32, budget_ms=10.0, budget_macs=None,
+                                 pareto=False, epochs=1, checkpoint_dir=tmp_path)
+    objective = SearchObjective(settings, lambda model: COST, lambda *a, **k: 0.5)
+    arch = get_baseline("resnet20").config(num_classes=10, resolution=32)
+    objective.config_for = lambda trial: arch  # type: ignore[method-assign]
+    study = optuna.create_study()
+    original, duplicate = study.ask(), study.ask()
+    assert objective.cost_step(original).feasible
+    assert objective.cost_step(duplicate).duplicate_of == original.number
+    study.tell(duplicate, state=TrialState.PRUNED)
+    study.tell(original, state=TrialState.FAIL)
+    again = study.ask()
+    step = objective.cost_step(again)
+    assert step.duplicate_of is None and step.feasible

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from dscnn.train import TrainConfig
 from searchspace import SearchConfig, run_search
 from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path
+from searchspace.run import join_study, make_sampler, open_study, worker_sampler_seed
 from searchspace.storage import HEARTBEAT_INTERVAL_S, WORKER_ATTR, fail_orphaned_trials, open_storage
 from tests.searchspace.tiny import load_study, tiny_search_config
 
@@ -148,3 +149,17 @@ def test_rdb_storage_fails_trials_whose_heartbeat_stopped(tmp_path: Path) -> Non
     storage.record_heartbeat(beating._trial_id)
     assert fail_orphaned_trials(study) == [silent.number]
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
+
+
+def test_each_worker_joining_a_study_samples_with_its_own_seed(tmp_path: Path) -> None:
+    """Workers started together used to seed their samplers alike and propose the same startup
+    architectures, which only ended as pruned duplicates. The first worker keeps the study's seed."""
+    config = _config(tmp_path, trials=6)
+    first, second = open_study(config), open_study(config)
+    assert join_study(first, config) == 0 and join_study(second, config) == 1
+    space: dict[str, optuna.distributions.BaseDistribution] = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    x_first, x_second = first.ask(space).params["x"], second.ask(space).params["x"]
+    alone = optuna.create_study(sampler=make_sampler(config, config.seed)).ask(space).params["x"]
+    assert x_first == alone  # a one-worker study is reproducible from its seed
+    assert x_second != x_first
+    assert len({worker_sampler_seed(config.seed, k) for k in range(5)}) == 5
