@@ -18,6 +18,7 @@ from typing import Any
 
 from dscnn.checkpoint import write_text_atomic
 from dscnn.environment import hardware_id
+from dscnn.json_record import as_stored
 from pruning.calibration import Calibration
 from pruning.latency_table import LatencyTable
 from pruning.macs import CostModel
@@ -39,7 +40,7 @@ def plan_key(model_label: str, group_sizes: dict[str, int], settings: dict[str, 
     doc = {"model": model_label, "groups": group_sizes, "settings": settings, "target": target,
            "calibration_rounds": calibration_rounds,
            "hardware": hardware_id(str(settings.get("device", "cpu")))}  # a committed plan, read on another machine
-    return dict(json.loads(json.dumps(doc, default=str)))
+    return as_stored(doc)
 
 
 def load_plan(path: Path, key: dict[str, Any], cost: CostModel) -> LatencyPlan | None:

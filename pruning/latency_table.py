@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,14 +55,27 @@ SNAP_TOLERANCE = 0.01
 QUANTA = (8, 4)
 #: Harness settings of one standalone layer timing: one repeat of this many runs (a layer is quick).
 LAYER_RUNS, LAYER_WARMUP = 30, 5
+#: Whole-model timings taken on a busy machine are retried this many times, this far apart (`harness`).
+BUSY_RETRIES, BUSY_PAUSE_S = 3, 30.0
 
 
-def harness(settings: LatencySettings, lock: DeviceLock | None = None, busy: list[bool] | None = None) -> Measure:
+def harness(settings: LatencySettings, lock: DeviceLock | None = None, busy: list[bool] | None = None,
+            busy_retries: int = 0, pause_s: float = BUSY_PAUSE_S) -> Measure:
     """``measure_latency_ms(model, settings).median_ms``, under ``lock.measuring()`` when given; each
-    measurement's busy flag is appended to ``busy`` when given."""
+    measurement's busy flag is appended to ``busy`` when given.
+
+    A measurement taken on a busy machine is taken again, up to ``busy_retries`` times ``pause_s``
+    apart (for the few whole-model timings of a calibration; a layer table's hundreds of timings do
+    not wait); the first one on a quiet machine is used, else the last, flagged busy.
+    """
 
     def timed(model: nn.Module) -> float:
         result = measure_latency_ms(model, settings)
+        for _ in range(busy_retries):
+            if not result.busy:
+                break
+            time.sleep(pause_s)
+            result = measure_latency_ms(model, settings)
         if busy is not None:
             busy.append(result.busy)
         return result.median_ms

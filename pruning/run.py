@@ -35,7 +35,7 @@ from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
 from pruning.calibration import ROUNDS, Calibration, calibrate_budget
 from pruning.groups import ChannelGroup, find_groups
 from pruning.latency_plan import LatencyPlan, load_plan, plan_key, save_plan
-from pruning.latency_table import build_table, harness
+from pruning.latency_table import BUSY_RETRIES, build_table, harness
 from pruning.macs import CostModel
 from pruning.outputs import check_output_paths, write_together
 from pruning.report import ModelStats, PruneReport, layer_widths
@@ -217,7 +217,8 @@ def _measure_plan(model: nn.Module, groups: tuple[ChannelGroup, ...], example: t
         calibration = None
         if config.calibration_rounds:
             target_cost(model, groups, example, table, target_ms)  # a target below one channel: refused first
-            calibration = calibrate_budget(model, groups, example, table, target_ms, harness(settings, busy=busy),
+            calibration = calibrate_budget(model, groups, example, table, target_ms,
+                                           harness(settings, busy=busy, busy_retries=BUSY_RETRIES),
                                            rounds=config.calibration_rounds)
             console.log(_calibration_line(calibration))
     plan = LatencyPlan(table, target_ms, calibration.budget_ms if calibration is not None else target_ms, calibration)

@@ -32,6 +32,7 @@ import dscnn
 from dscnn.checkpoint import write_text_atomic
 from dscnn.data import ImageDataset, load_dataset
 from dscnn.environment import git_revision
+from dscnn.json_record import as_stored
 from dscnn.memory_format import choose_memory_format
 from dscnn.side_by_side import measure_side_by_side
 from dscnn.train import TrainConfig, TrainingDiverged, evaluate_accuracy, resolve_device, train_and_evaluate
@@ -224,7 +225,7 @@ def _run_key(candidate: Candidate, seed: int, recipe: TrainConfig, search: Searc
     doc = {"arch_hash": candidate.arch_hash, "seed": seed,
            "recipe": dataclasses.asdict(dataclasses.replace(recipe, seed=seed)),
            "data": dataclasses.asdict(search.data)}
-    return dict(json.loads(json.dumps(doc, default=str)))
+    return as_stored(doc)
 
 
 def _train_one(candidate: Candidate, seed: int, recipe: TrainConfig, data: ImageDataset, runs: Path,
@@ -261,8 +262,7 @@ def _latencies(candidates: list[Candidate], search: SearchConfig, out: Path, dat
     path = out / "latency.json"
     resolution = search.data.resolution or data.resolution
     settings = search.latency.replace(resolution=resolution)
-    key = json.loads(json.dumps({"settings": settings.to_dict(), "archs": {c.label: c.arch_hash for c in candidates}},
-                                default=str))
+    key = as_stored({"settings": settings.to_dict(), "archs": {c.label: c.arch_hash for c in candidates}})
     if path.is_file():
         stored = dict(json.loads(path.read_text()))
         busy = any(r.get("busy") for r in stored["results"].values())

@@ -107,3 +107,25 @@ def test_the_factor_is_the_chosen_rounds(
     assert calibration.verified and calibration.budget_ms == first.budget_ms == target_ms
     assert calibration.factor == pytest.approx(first.measured_ms / first.predicted_ms)
     assert calibration.factor != pytest.approx(second.measured_ms / second.predicted_ms)
+
+
+@pytest.mark.parametrize(("busy_flags", "expected_ms", "expected_busy"), [
+    ([True, False], 2.0, [False]),  # retried once, the quiet timing is used
+    ([True, True, True, True], 4.0, [True]),  # still busy after every retry: the last, flagged
+    ([False], 1.0, [False]),  # quiet at once: one timing
+])
+def test_calibration_harness_retries_a_busy_timing(monkeypatch: pytest.MonkeyPatch, busy_flags: list[bool],
+                                                  expected_ms: float, expected_busy: list[bool]) -> None:
+    timings = iter(busy_flags)
+    calls: list[int] = []
+
+    class Result:
+        def __init__(self) -> None:
+            calls.append(1)
+            self.busy, self.median_ms = next(timings), float(len(calls))
+
+    monkeypatch.setattr(pruning.latency_table, "measure_latency_ms", lambda model, settings: Result())
+    busy: list[bool] = []
+    measure = pruning.latency_table.harness(LatencySettings(), busy=busy, busy_retries=3, pause_s=0.0)
+    assert measure(nn.Identity()) == expected_ms
+    assert busy == expected_busy and len(calls) == len(busy_flags)

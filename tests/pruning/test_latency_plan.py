@@ -52,7 +52,7 @@ def test_runs_given_one_plan_file_measure_once_and_plan_against_one_budget(
     monkeypatch.setattr(pruning.run, "build_table", counted)
     real_harness = pruning.run.harness
 
-    def harness(settings: LatencySettings, lock: Any = None, busy: list[bool] | None = None) -> Any:
+    def harness(settings: LatencySettings, lock: Any = None, busy: list[bool] | None = None, **retry: Any) -> Any:
         measure = real_harness(settings, lock)  # the machine's real busy flags are not this test's subject
 
         def flagged(model: torch.nn.Module) -> float:

@@ -114,8 +114,8 @@ def _quick_table(monkeypatch: pytest.MonkeyPatch) -> None:
     import pruning.run
 
     harness = pruning.latency_table.harness
-    monkeypatch.setattr(pruning.run, "harness", lambda settings, lock=None, busy=None: harness(
-        settings.replace(runs=5, warmup=1, repeats=1), lock, busy))
+    monkeypatch.setattr(pruning.run, "harness", lambda settings, lock=None, busy=None, **retry: harness(
+        settings.replace(runs=5, warmup=1, repeats=1), lock, busy, **retry))
     monkeypatch.setattr(pruning.latency_table, "LAYER_RUNS", 3)
     monkeypatch.setattr(pruning.latency_table, "LAYER_WARMUP", 1)
 
