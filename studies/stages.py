@@ -13,6 +13,7 @@ from rich.console import Console
 import dscnn
 from dscnn.checkpoint import read_checkpoint, write_text_atomic
 from dscnn.environment import hardware_id
+from dscnn.json_record import as_stored
 from searchspace import run_search
 from studies import timing_drift
 from studies.plan import StudyError, StudyPlan
@@ -126,9 +127,9 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     usable = {m: r for m, r in runs.items() if r["met_target"] and "report" in r and not r["collapsed"]}
     if not usable:
         console.log("[bold red]warning:[/bold red] no pruned model met the target without collapsing: exporting the "
-                    f"unpruned winner ({reason}); to retry the methods that failed, delete done.json in "
-                    f"{plan.stage_dir('prune')}, {plan.stage_dir('export')} and {plan.stage_dir('report')} and run the "
-                    "study again")
+                    f"unpruned winner ({reason}); to retry the methods that failed, delete "
+                    f"{plan.stage_dir('prune') / 'done.json'} and run the study again (the export and the report "
+                    "follow)")
         if at_chance(records["retrain"].get("accuracy"), chance):
             console.log(f"[bold red]warning:[/bold red] the unpruned winner is itself at chance (validation top-1 "
                         f"{records['retrain'].get('accuracy')}, chance {chance:.4f}): train it longer")
@@ -226,7 +227,7 @@ def _shared_latency_target(plan: StudyPlan, checkpoint: str, console: Console,
         reference_ms = None  # stage 2 timed another batch, runtime or precision: no reference for a slowdown
     if stored.is_file():
         doc = json.loads(stored.read_text())
-        if doc.get("for") == json.loads(json.dumps(key, default=str)):
+        if doc.get("for") == as_stored(key):
             return str(doc["target_latency"])
         console.log(f"prune: {stored} was measured for another target or settings: measuring again")
     lock = DeviceLock(config.device_lock, device=settings.device)

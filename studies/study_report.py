@@ -127,8 +127,8 @@ def _retry_hint(prune: Record) -> list[str]:
     failed = [m for m, r in (prune.get("methods") or {}).items() if "error" in r]
     if not failed:
         return []
-    return [f"To retry {', '.join(failed)} (after changing what made it fail), delete `prune/done.json`, "
-            "`export/done.json` and `report/done.json` and run the study again: the methods stored under `prune/` "
+    return [f"To retry {', '.join(failed)} (after changing what made it fail), delete `prune/done.json` and run "
+            "the study again: the export and the report are redone after it, and the methods stored under `prune/` "
             "are not run again.", ""]
 
 
