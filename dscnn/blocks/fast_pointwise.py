@@ -46,6 +46,12 @@ def _grouped_gram(x: Tensor, g: Tensor, groups: int, in_per_group: int) -> Tenso
     )[1]
 
 
+def input_gram(x: Tensor, groups: int) -> Tensor:
+    """``sum_p x(p) x(p)^T`` per group of channels, (groups, k_in, k_in): one weight-gradient-shaped pass."""
+    k_in = x.shape[1] // groups
+    return _blocks(_grouped_gram(x, x, groups, k_in), groups)
+
+
 def _blocks(w: Tensor, groups: int) -> Tensor:
     """A (C_out, k_in, 1, 1) weight as (groups, k_out, k_in)."""
     return w.reshape(groups, w.shape[0] // groups, w.shape[1])
@@ -54,6 +60,65 @@ def _blocks(w: Tensor, groups: int) -> Tensor:
 def _per_group(v: Tensor, groups: int) -> Tensor:
     """A per-input-channel vector as (groups, k_in, 1)."""
     return v.reshape(groups, -1, 1)
+
+
+def pointwise_stats(
+    weights: list[Tensor], gammas: list[Tensor], eps: tuple[float, ...], s: Tensor, gram: Tensor, n: int,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Batch mean, biased variance and ``t = gamma / sqrt(var + eps)`` of each grouped 1x1 branch
+    ``conv1x1(x, W_b)`` from x's channel sums ``s`` and per-group Gram ``gram`` (G, k_in, k_in), ``n``
+    values per channel (no branch output materialised)."""
+    groups = gram.shape[0]
+    means, variances, ts = [], [], []
+    for w, gamma, e in zip(weights, gammas, eps):
+        wb = _blocks(w, groups)
+        mu = torch.bmm(wb, _per_group(s, groups)).reshape(-1) / n
+        ez2 = (torch.bmm(wb, gram) * wb).sum(-1).reshape(-1) / n
+        var = (ez2 - mu.square()).clamp_(min=0)
+        means.append(mu)
+        variances.append(var)
+        ts.append(gamma * torch.rsqrt(var + e))
+    return means, variances, ts
+
+
+def folded(weights: list[Tensor], ts: list[Tensor], means: list[Tensor], betas: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The statistics-folded weight ``sum_b t_b W_b`` and bias ``sum_b (beta_b - t_b mu_b)``."""
+    w_eff = sum(w * t.view(-1, 1, 1, 1) for w, t in zip(weights, ts))
+    b_eff = sum(beta - t * mu for beta, t, mu in zip(betas, ts, means))
+    assert isinstance(w_eff, Tensor) and isinstance(b_eff, Tensor)
+    return w_eff, b_eff
+
+
+def pointwise_grads(
+    weights: list[Tensor], has_weight: list[bool], ts: list[Tensor], means: list[Tensor], variances: list[Tensor],
+    eps: tuple[float, ...], s: Tensor, gram: Tensor, corr: Tensor, sum_g: Tensor, n: int,
+) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+    """The backward of `pointwise_stats` + `folded` given ``corr = sum_p g x^T`` (the folded conv's
+    weight gradient, (C_out, k_in, 1, 1)) and ``sum_g``: the (G, k_in, k_in) ``mix`` and per-channel
+    ``const`` of the input gradient's part ``conv1x1(x, mix) + const`` (beside ``W_eff^T g``), and per
+    branch (dW_b or None where it has no weight, dgamma_b, dbeta_b)."""
+    groups = gram.shape[0]
+    corr_b = _blocks(corr, groups)  # G = sum_p g x^T, (G, k_out, k_in)
+    s_b = _per_group(s, groups).transpose(1, 2)  # (G, 1, k_in)
+    mix = torch.zeros_like(gram)  # sum_b W_b^T diag(e_b) W_b
+    const = torch.zeros_like(s)  # sum_b W_b^T c_b
+    grads: list[Tensor | None] = []
+    for w, t, mu, var, e_b, weighted in zip(weights, ts, means, variances, eps, has_weight):
+        wb = _blocks(w, groups)
+        inv = torch.rsqrt(var + e_b)
+        k = (wb * corr_b).sum(-1).reshape(-1) - mu * sum_g  # sum(g * (z_b - mu_b))
+        e = -t * inv.square() * k / n
+        c = -t * sum_g / n - e * mu
+        eb, cb = _per_group(e, groups), _per_group(c, groups)
+        mix += torch.bmm(wb.transpose(1, 2), eb * wb)
+        const += torch.bmm(wb.transpose(1, 2), cb).reshape(-1)
+        if weighted:
+            dw = _per_group(t, groups) * corr_b + eb * torch.bmm(wb, gram) + cb * s_b
+            grads.append(dw.reshape(w.shape))
+        else:
+            grads.append(None)
+        grads.extend([k * inv, sum_g])
+    return mix, const, grads
 
 
 class _Stats:
@@ -75,23 +140,12 @@ class _FastPointwiseSum(torch.autograd.Function):
         *params: Tensor | None,
     ) -> Tensor:
         n = x.shape[0] * x.shape[2] * x.shape[3]
-        k_in = x.shape[1] // groups
         weights = cast(list[Tensor], [eye if w is None else w for w in params[0::3]])
         gammas, betas = cast(list[Tensor], list(params[1::3])), cast(list[Tensor], list(params[2::3]))
         s = channel_sums(x)
-        gram = _blocks(_grouped_gram(x, x, groups, k_in), groups)  # (G, k_in, k_in), symmetric
-        means, variances, ts = [], [], []
-        for w, gamma, e in zip(weights, gammas, eps):
-            wb = _blocks(w, groups)
-            mu = torch.bmm(wb, _per_group(s, groups)).reshape(-1) / n
-            ez2 = (torch.bmm(wb, gram) * wb).sum(-1).reshape(-1) / n
-            var = (ez2 - mu.square()).clamp_(min=0)
-            means.append(mu)
-            variances.append(var)
-            ts.append(gamma * torch.rsqrt(var + e))
-        w_eff = sum(w * t.view(-1, 1, 1, 1) for w, t in zip(weights, ts))
-        b_eff = sum(beta - t * mu for beta, t, mu in zip(betas, ts, means))
-        assert isinstance(w_eff, Tensor) and isinstance(b_eff, Tensor)
+        gram = input_gram(x, groups)  # (G, k_in, k_in), symmetric
+        means, variances, ts = pointwise_stats(weights, gammas, eps, s, gram, n)
+        w_eff, b_eff = folded(weights, ts, means, betas)
         y = F.conv2d(x, w_eff, b_eff, groups=groups)
         stats.means, stats.variances, stats.count = means, variances, n
         ctx.groups, ctx.eps, ctx.n, ctx.has_weight = groups, eps, n, [w is not None for w in params[0::3]]
@@ -111,26 +165,9 @@ class _FastPointwiseSum(torch.autograd.Function):
         dx, corr = torch.ops.aten.convolution_backward(
             g, x, w_eff, None, [1, 1], [0, 0], [1, 1], False, [0, 0], groups, [True, True, False],
         )[:2]
-        corr_b = _blocks(corr, groups)  # G = sum_p g x^T, (G, k_out, k_in)
-        s_b = _per_group(s, groups).transpose(1, 2)  # (G, 1, k_in)
-        mix = torch.zeros_like(gram)  # sum_b W_b^T diag(e_b) W_b
-        const = torch.zeros_like(s)  # sum_b W_b^T c_b
-        grads: list[Tensor | None] = []
-        for w, t, mu, var, eps, has_weight in zip(weights, ts, means, variances, ctx.eps, ctx.has_weight):
-            wb = _blocks(w, groups)
-            inv = torch.rsqrt(var + eps)
-            k = (wb * corr_b).sum(-1).reshape(-1) - mu * sum_g  # sum(g * (z_b - mu_b))
-            e = -t * inv.square() * k / n
-            c = -t * sum_g / n - e * mu
-            eb, cb = _per_group(e, groups), _per_group(c, groups)
-            mix += torch.bmm(wb.transpose(1, 2), eb * wb)
-            const += torch.bmm(wb.transpose(1, 2), cb).reshape(-1)
-            if has_weight:
-                dw = _per_group(t, groups) * corr_b + eb * torch.bmm(wb, gram) + cb * s_b
-                grads.append(dw.reshape(w.shape))
-            else:
-                grads.append(None)
-            grads.extend([k * inv, sum_g])
+        mix, const, grads = pointwise_grads(
+            weights, ctx.has_weight, ts, means, variances, ctx.eps, s, gram, corr, sum_g, n,
+        )
         dx = dx.add_(F.conv2d(x, mix.reshape(-1, mix.shape[-1], 1, 1), const, groups=groups))
         return (None, None, None, None, dx, *grads)
 
