@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from dscnn.latency import LatencySettings, measure_latency_ms
+from dscnn.latency import LatencyResult, LatencySettings, measure_latency_ms
 from pruning.groups import ChannelGroup
 from pruning.macs import CostModel, CostState
 from pruning.surgery import remove_channels
@@ -60,31 +60,32 @@ BUSY_RETRIES, BUSY_PAUSE_S = 3, 30.0
 
 
 def harness(settings: LatencySettings, lock: DeviceLock | None = None, busy: list[bool] | None = None,
-            busy_retries: int = 0, pause_s: float = BUSY_PAUSE_S) -> Measure:
+            busy_retries: int = 0, pause_s: float | None = None) -> Measure:
     """``measure_latency_ms(model, settings).median_ms``, under ``lock.measuring()`` when given; each
     measurement's busy flag is appended to ``busy`` when given.
 
     A measurement taken on a busy machine is taken again, up to ``busy_retries`` times ``pause_s``
-    apart (for the few whole-model timings of a calibration; a layer table's hundreds of timings do
-    not wait); the first one on a quiet machine is used, else the last, flagged busy.
+    (default `BUSY_PAUSE_S`) apart, waiting outside the lock so other workers can use the device
+    meanwhile (for the few whole-model timings of a calibration; a layer table's hundreds of timings
+    do not wait). The first one on a quiet machine is used; if every one was busy, the fastest
+    (interference only adds time), flagged busy.
     """
 
-    def timed(model: nn.Module) -> float:
-        result = measure_latency_ms(model, settings)
-        for _ in range(busy_retries):
-            if not result.busy:
-                break
-            time.sleep(pause_s)
-            result = measure_latency_ms(model, settings)
+    def timed(model: nn.Module) -> LatencyResult:
+        if lock is None:
+            return measure_latency_ms(model, settings)
+        with lock.measuring():
+            return measure_latency_ms(model, settings)
+
+    def measure(model: nn.Module) -> float:
+        results = [timed(model)]
+        while results[-1].busy and len(results) <= busy_retries:
+            time.sleep(BUSY_PAUSE_S if pause_s is None else pause_s)
+            results.append(timed(model))
+        result = results[-1] if not results[-1].busy else min(results, key=lambda r: r.median_ms)
         if busy is not None:
             busy.append(result.busy)
         return result.median_ms
-
-    def measure(model: nn.Module) -> float:
-        if lock is None:
-            return timed(model)
-        with lock.measuring():
-            return timed(model)
 
     return measure
 

@@ -213,14 +213,15 @@ def _measure_plan(model: nn.Module, groups: tuple[ChannelGroup, ...], example: t
     busy: list[bool] = []
     with lock.measuring():
         table = build_table(model, groups, example, settings, harness(settings, busy=busy))
-        target_ms = latency_target.resolve(table.base_ms)
-        calibration = None
-        if config.calibration_rounds:
-            target_cost(model, groups, example, table, target_ms)  # a target below one channel: refused first
-            calibration = calibrate_budget(model, groups, example, table, target_ms,
-                                           harness(settings, busy=busy, busy_retries=BUSY_RETRIES),
-                                           rounds=config.calibration_rounds)
-            console.log(_calibration_line(calibration))
+    target_ms = latency_target.resolve(table.base_ms)
+    calibration = None
+    if config.calibration_rounds:
+        target_cost(model, groups, example, table, target_ms)  # a target below one channel: refused first
+        # each whole-model timing under the lock on its own: a busy one is retried after a pause outside it
+        calibration = calibrate_budget(model, groups, example, table, target_ms,
+                                       harness(settings, lock, busy=busy, busy_retries=BUSY_RETRIES),
+                                       rounds=config.calibration_rounds)
+        console.log(_calibration_line(calibration))
     plan = LatencyPlan(table, target_ms, calibration.budget_ms if calibration is not None else target_ms, calibration)
     if path is not None and any(busy):
         console.log(f"[yellow]latency plan not stored in {path}: timed on a busy machine")

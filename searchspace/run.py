@@ -148,7 +148,9 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
     recorded = dataclasses.replace(config, latency=config.latency.replace(resolution=resolution))
     write_text_atomic(config.out_dir / "search_config.json", json.dumps(recorded.to_dict(), indent=2, default=str))
     if joined:
-        console.log(f"worker {joined + 1} of this study: sampler seed {worker_sampler_seed(config.seed, joined)}")
+        console.log(f"{joined} worker(s) or earlier runs opened this study before: sampler seed "
+                    f"{worker_sampler_seed(config.seed, joined)} (not the study's {config.seed}, whose proposals "
+                    "those made)")
     if orphans:
         console.log(f"marked trials {orphans} FAIL: their worker is gone")
     if requeued:

@@ -10,13 +10,16 @@ A study file has a ``[search]`` table (the keys of ``search.py``'s flags, unders
 ``[retrain]``, ``[prune]``, ``[export]`` tables (see `StudyPlan`). Every artifact goes under one
 folder (``out``, default ``runs/<file stem>``). Each finished stage leaves ``<stage>/done.json``;
 running the same command again skips finished stages and resumes the unfinished one (the search
-resumes its Optuna study), so a killed run never redoes finished work.
+resumes its Optuna study), so a killed run never redoes finished work. A stage that finished before an
+earlier stage last did (that one was run again) is redone, and so is every stage after one whose
+record came out changed (`run_study`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,40 +35,53 @@ from searchspace.identity import SearchError
 from searchspace.storage import JournalDamaged
 from studies import stages
 from studies.plan import STAGES, StudyError, StudyPlan, load_plan
+from studies.stages import FINISHED_AT
 
 #: The stage whose record's checkpoint each stage reads (a study with stage 2: retrain names the stage-2 run).
 READS_CHECKPOINT_OF = {"prune": "retrain", "export": "prune"}
 
-#: A stage record's finish time (seconds since the epoch): a stage that finished before an earlier stage
-#: did (that stage was run again since) is out of date and runs again.
-FINISHED_AT = "finished_at"
+#: A copy of a stage's done.json that deleting done.json (to run the stage again) leaves in place: a rerun
+#: that produces the same record changes nothing after it.
+LAST_RECORD = "last_record.json"
+#: Which stage reads each stage's checkpoint (the inverse of `READS_CHECKPOINT_OF`).
+CHECKPOINT_READER = {source: reader for reader, source in READS_CHECKPOINT_OF.items()}
 
 __all__ = ["FINISHED_AT", "READS_CHECKPOINT_OF", "STAGES", "StudyError", "StudyPlan", "load_plan", "main",
            "run_study", "stale_stages"]
 
 
 def stale_stages(planned: Sequence[str], stored: dict[str, Any]) -> dict[str, str]:
-    """The planned stages that must run, with why: not finished, or finished before an earlier stage
-    last finished (its inputs changed since), and every stage after the first of those (they read
-    what it will write). Records without a finish time (written before it was recorded) are never
-    out of date: a clean checkout's file times say nothing about the order the stages ran in."""
+    """The planned stages whose own record says they must run, with why: not finished, or finished
+    before an earlier stage last did (that stage ran again since, maybe with ``--stop-after``).
+
+    A record without a finish time was written before the time was recorded, so it is older than any
+    record that has one; records that all lack it (a clean checkout of a study finished before then)
+    are never out of date: their file times say nothing about the order the stages ran in.
+    """
     reasons: dict[str, str] = {}
     latest: tuple[float, str] | None = None  # the last finish time among the earlier stages, and whose
     for stage in planned:
         record = stored.get(stage)
-        finished = record.get(FINISHED_AT) if record is not None else None
-        if reasons:
-            reasons[stage] = f"an earlier stage ({next(iter(reasons))}) runs again"
-        elif record is None:
+        if record is None:
             reasons[stage] = "it is not finished"
-        elif latest is not None and finished is not None and float(finished) < latest[0]:
+            continue
+        finished = float(record.get(FINISHED_AT, -math.inf))
+        if latest is not None and finished < latest[0]:
             reasons[stage] = f"{latest[1]} finished after it"
-        if finished is not None and (latest is None or float(finished) > latest[0]):
-            latest = (float(finished), stage)
+        if latest is None or finished > latest[0]:
+            latest = (finished, stage)
     return reasons
 
+
 def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: str | None = None) -> dict[str, Any]:
-    """Run the unfinished stages of ``plan`` in order; returns every stage's record."""
+    """Run the stages of ``plan`` that are unfinished or out of date, in order, and every stage after
+    one whose record came out changed; returns every stage's record.
+
+    A stage that runs again and produces the record it had (its done.json, or `LAST_RECORD` when
+    done.json was deleted; compared by `stages.content`, i.e. up to its time, revision and restore
+    details) changes nothing downstream, and keeps its finish time: deleting ``search/done.json`` to
+    redo a finished search reruns nothing else.
+    """
     console = console or Console()
     plan.out.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Callable[[StudyPlan, dict[str, Any], Console], dict[str, Any]]] = {
@@ -75,34 +91,54 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
     records: dict[str, Any] = {}
     planned = STAGES[:STAGES.index(stop_after) + 1] if stop_after else STAGES
     stored_records = {s: json.loads(m.read_text()) for s in planned if (m := plan.stage_dir(s) / "done.json").is_file()}
+    # a stage's record as it last finished, kept when its done.json is deleted to run it again
+    last_records = {s: json.loads(m.read_text()) for s in planned if (m := plan.stage_dir(s) / LAST_RECORD).is_file()}
     reasons = stale_stages(planned, stored_records)
-    # checkpoints are not committed: a clean checkout of a finished study has the records only. A finished
-    # stage runs again only when a stage that will run reads the checkpoint it made (and it is gone)
-    will_run = set(reasons)
-    for stage in reversed(planned):
-        source = READS_CHECKPOINT_OF.get(stage)
-        if stage in will_run and source in stored_records and source not in will_run \
-                and stages.lost_checkpoint(stored_records[source]):
-            will_run.add(source)
-            reasons[source] = f"its checkpoint {stored_records[source]['checkpoint']} is missing"
+    changed: list[str] = []  # stages run this time whose record is new or not the one stored
+
+    def needed(stage: str) -> str | None:
+        """Why ``stage`` runs now (None: it is skipped), given what has changed so far."""
+        if stage in reasons:
+            return reasons[stage]
+        if changed:
+            return f"{changed[0]} changed"
+        # checkpoints are not committed: a clean checkout of a finished study has the records only. A finished
+        # stage runs again only when a stage that will run reads the checkpoint it made (and it is gone)
+        reader = CHECKPOINT_READER.get(stage)
+        record = stored_records.get(stage)
+        if reader in planned and record is not None and stages.lost_checkpoint(record) and needed(reader):
+            return f"its checkpoint {record['checkpoint']} is missing and {reader} reads it"
+        return None
+
     for stage in planned:
         marker = plan.stage_dir(stage) / "done.json"
         stored = stored_records.get(stage)
-        if stored is not None and stage not in will_run:
+        previous = stored if stored is not None else last_records.get(stage)
+        reason = needed(stage)
+        if reason is None:
             records[stage] = stored
             console.log(f"[dim]{stage}: done earlier, skipped ({marker})")
+            continue
+        if stored is not None:
+            console.log(f"{stage}: done earlier, but {reason}: running it again")
+        console.rule(f"{plan.path.stem}: {stage}")
+        started, revision = time.time(), git_revision()  # at the start: the stage imports its code now
+        plan.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        record = steps[stage](plan, records, console)
+        record["seconds"] = round(time.time() - started, 1)
+        record.setdefault("git", revision)  # stages run at different times, maybe on other code
+        earlier = max((float(r.get(FINISHED_AT, -math.inf)) for r in records.values()), default=-math.inf)
+        if previous is not None and stages.content(record) == stages.content(previous):
+            finished = max(float(previous.get(FINISHED_AT, -math.inf)), earlier + 1e-3)  # not out of date now
         else:
-            if stored is not None:
-                console.log(f"{stage}: done earlier, but {reasons[stage]}: running it again")
-            console.rule(f"{plan.path.stem}: {stage}")
-            started, revision = time.time(), git_revision()  # at the start: the stage imports its code now
-            plan.stage_dir(stage).mkdir(parents=True, exist_ok=True)
-            record = steps[stage](plan, records, console)
-            record["seconds"] = round(time.time() - started, 1)
-            record.setdefault("git", revision)  # stages run at different times, maybe on other code
-            record[FINISHED_AT] = time.time()
-            records[stage] = record
-            write_text_atomic(marker, json.dumps(record, indent=2, default=str))
+            changed.append(stage)
+            finished = max(time.time(), earlier + 1e-3)  # after every earlier stage, whatever the clocks say
+        if finished > -math.inf:  # an unchanged record from before finish times were recorded stays without one
+            record[FINISHED_AT] = finished
+        records[stage] = record
+        text = json.dumps(record, indent=2, default=str)
+        write_text_atomic(plan.stage_dir(stage) / LAST_RECORD, text)
+        write_text_atomic(marker, text)  # last: a crash between the two leaves the stage unfinished
     return records
 
 

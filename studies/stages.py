@@ -113,7 +113,8 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     chance (each method's record says which)."""
     checkpoint = records["retrain"]["checkpoint"]
     target_latency = _shared_latency_target(plan, checkpoint, console, _stage2_latency_ms(records))
-    ran = {m: _prune_one(plan, m, checkpoint, target_latency, console) for m in plan.methods}
+    source = content(records["retrain"])  # a method pruned from another winner is pruned again
+    ran = {m: _prune_one(plan, m, checkpoint, source, target_latency, console) for m in plan.methods}
     chance = 1.0 / int(read_checkpoint(checkpoint)["config"].get("num_classes") or 1)  # no model rebuilt
     # judged on copies: the stored per-method records stay what the runs wrote (a resume reads them back)
     runs = {m: _judged(r, chance) for m, r in ran.items()}
@@ -137,6 +138,18 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     chosen = max(usable, key=lambda m: _accuracy(usable[m]))
     return {**record, "checkpoint": usable[chosen]["checkpoint"], "report": usable[chosen]["report"],
             "chosen": chosen, "exported": "pruned"}
+
+
+#: A stage record's finish time (seconds since the epoch): a stage that finished before an earlier stage
+#: last did (that stage was run again since) is out of date (`studies.run.stale_stages`).
+FINISHED_AT = "finished_at"
+#: What a rerun of an unchanged stage changes in its record: not a change of what later stages read.
+VOLATILE = frozenset({"seconds", "git", FINISHED_AT, "restored"})
+
+
+def content(record: Record) -> dict[str, Any]:
+    """``record`` without its `VOLATILE` fields, as stored: two runs that produced the same thing compare equal."""
+    return as_stored({k: v for k, v in record.items() if k not in VOLATILE})
 
 
 def lost_checkpoint(record: Record) -> bool:
@@ -265,7 +278,7 @@ def _timed_alike(a: Any, b: Any) -> bool:
     return all(getattr(a, f, None) == getattr(b, f, None) for f in fields)
 
 
-def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: str | None,
+def _prune_one(plan: StudyPlan, method: str, checkpoint: str, source: dict[str, Any], target_latency: str | None,
                console: Console) -> Record:
     from pruning.algorithm import PruningError, TargetMissed
     from pruning.run import RunConfig, run_pruning
@@ -279,7 +292,10 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
         # the report's epochs (a record from before reports stated them: the study's own)
         stored = record.get("report", {}).get("epochs") or record.get("epochs") or {}
         same = record.get("target") == (target_latency or plan.target_flops) and stored == planned
-        if same and lost_checkpoint(record):  # checkpoints are not committed: a clean checkout of a finished study
+        # records from before the source was stored keep their word (committed studies are not re-pruned)
+        if same and record.get("source", source) != source:
+            console.log(f"prune: {done} was pruned from another winner (the retrain stage ran again): pruning again")
+        elif same and lost_checkpoint(record):  # checkpoints are not committed: a clean checkout of a finished study
             console.log(f"prune: {method} finished earlier, but {record.get('checkpoint')} is missing: pruning again")
         elif same:
             console.log(f"prune: {method} finished earlier ({done})")
@@ -313,7 +329,8 @@ def _prune_one(plan: StudyPlan, method: str, checkpoint: str, target_latency: st
         reported = report.to_dict()
         record = {"method": method, "checkpoint": report.output, "report": reported, "met_target": bool(met),
                   "epochs": epochs_run(method, reported, planned),  # before the test pass: fail early
-                  "test_accuracy": _test_accuracy(model, config), "target": target_latency or plan.target_flops}
+                  "test_accuracy": _test_accuracy(model, config), "target": target_latency or plan.target_flops,
+                  "source": source}
     write_text_atomic(done, json.dumps(record, indent=2, default=str))
     return record
 

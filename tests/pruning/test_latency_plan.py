@@ -52,8 +52,11 @@ def test_runs_given_one_plan_file_measure_once_and_plan_against_one_budget(
     monkeypatch.setattr(pruning.run, "build_table", counted)
     real_harness = pruning.run.harness
 
+    retries: list[dict[str, Any]] = []
+
     def harness(settings: LatencySettings, lock: Any = None, busy: list[bool] | None = None, **retry: Any) -> Any:
         measure = real_harness(settings, lock)  # the machine's real busy flags are not this test's subject
+        retries.append(retry)
 
         def flagged(model: torch.nn.Module) -> float:
             if busy is not None:
@@ -78,6 +81,7 @@ def test_runs_given_one_plan_file_measure_once_and_plan_against_one_budget(
 
     first = run("first", "0.9x")
     assert len(tables) == 1 and plan.is_file()
+    assert retries[:2] == [{}, {"busy_retries": pruning.run.BUSY_RETRIES}]  # the table's timings wait for nothing
     second = run("second", "0.9x")
     assert len(tables) == 1  # read back, not measured again
     assert second["calibration"] == first["calibration"] and second["target_ms"] == first["target_ms"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,7 @@ def test_a_clean_checkout_trains_the_missing_winner_checkpoint_again_for_the_sta
     # later stages that do not read the winner's checkpoint never retrain it (the export reads the prune stage's)
     pruned = tmp_path / "pruned.pt"
     pruned.write_bytes(b"model")
-    (plan.stage_dir("prune") / "done.json").write_text(json.dumps({"checkpoint": str(pruned)}))
+    (plan.stage_dir("prune") / "done.json").write_text(json.dumps({"checkpoint": str(pruned), "finished_at": time.time()}))
     checkpoint.unlink()
     ran: list[str] = []
     monkeypatch.setattr(studies.stages, "export", lambda plan, records, console: ran.append("export") or {})
