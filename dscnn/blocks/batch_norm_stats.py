@@ -9,9 +9,25 @@ running statistics exactly as ``nn.BatchNorm2d.forward`` would (`update_running_
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from dscnn.blocks.branch_conv import BranchConv
+    from dscnn.layers import ConvBN
+
+
+def conv_bn_branches(module: BranchConv) -> list[ConvBN]:
+    """A `BranchConv`'s kernel branches, typed (``nn.ModuleList`` holds plain modules)."""
+    return [cast("ConvBN", b) for b in module.branches]
+
+
+def as_batch_norm(module: nn.Module | None) -> nn.BatchNorm2d:
+    """``module``, checked to be the BN a fast path's scope (`in_scope`) already required."""
+    assert isinstance(module, nn.BatchNorm2d)
+    return module
 
 
 def channel_sums(x: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from dscnn.blocks.batch_norm_stats import channel_sums, in_scope, update_running_stats
+from dscnn.blocks.batch_norm_stats import as_batch_norm, channel_sums, conv_bn_branches, in_scope, update_running_stats
 from dscnn.blocks.depthwise_ops import dwconv, dwconv_t, pad_kernel, weight_grad
 from dscnn.blocks.moment_branches import branch_grads, branch_moments, stack_padded
 from dscnn.blocks.patch_moments import add_border, moment_mix, patch_gram
@@ -370,18 +370,9 @@ def depthwise_bn_sum(
     return y, BatchStats(plan.means, plan.variances, plan.count)
 
 
-def _branches(module: BranchConv) -> list[ConvBN]:
-    return [cast(ConvBN, b) for b in module.branches]
-
-
-def _bn(module: nn.Module | None) -> nn.BatchNorm2d:
-    assert isinstance(module, nn.BatchNorm2d)
-    return module
-
-
 def applies(module: BranchConv, x: Tensor) -> bool:
     """Whether `fast_branch_sum` computes ``module``'s train-mode forward exactly for input ``x``."""
-    branches = _branches(module)
+    branches = conv_bn_branches(module)
     bns = [b.bn for b in branches] + ([module.identity] if module.identity is not None else [])
     c = module.in_channels
     return (
@@ -393,7 +384,7 @@ def applies(module: BranchConv, x: Tensor) -> bool:
 
 def term(conv_bn: ConvBN) -> BNTerm:
     """A conv-BN branch as a `BNTerm` (its conv weight, its BN's affine parameters and eps)."""
-    bn = _bn(conv_bn.bn)
+    bn = as_batch_norm(conv_bn.bn)
     assert bn.weight is not None and bn.bias is not None
     return BNTerm(conv_bn.conv.weight, bn.weight, bn.bias, bn.eps)
 
@@ -408,9 +399,9 @@ def identity_term(bn: nn.BatchNorm2d, sign: float = 1.0) -> BNTerm:
 
 def fast_branch_sum(module: BranchConv, x: Tensor) -> Tensor:
     """Train-mode forward of a depthwise `BranchConv` (see `applies`); updates running statistics."""
-    kernel_branches = [b for b in _branches(module) if b.conv.kernel_size != (1, 1)]
-    pointwise = [b for b in _branches(module) if b.conv.kernel_size == (1, 1)]
-    bns = [_bn(b.bn) for b in kernel_branches + pointwise]
+    kernel_branches = [b for b in conv_bn_branches(module) if b.conv.kernel_size != (1, 1)]
+    pointwise = [b for b in conv_bn_branches(module) if b.conv.kernel_size == (1, 1)]
+    bns = [as_batch_norm(b.bn) for b in kernel_branches + pointwise]
     x_terms = [term(b) for b in pointwise]
     if module.identity is not None:
         bns.append(module.identity)

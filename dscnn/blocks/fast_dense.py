@@ -33,12 +33,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from dscnn.blocks.batch_norm_stats import channel_sums, in_scope, update_running_stats
+from dscnn.blocks.batch_norm_stats import as_batch_norm, channel_sums, conv_bn_branches, in_scope, update_running_stats
 from dscnn.blocks.fast_pointwise import folded, identity_weight, input_gram, pointwise_grads, pointwise_stats
-from dscnn.layers import ConvBN
 
 if TYPE_CHECKING:
     from dscnn.blocks.branch_conv import BranchConv
@@ -173,18 +172,9 @@ class _FastDenseSum(torch.autograd.Function):
 GRAM_MAX_CHANNELS = 64
 
 
-def _branches(module: BranchConv) -> list[ConvBN]:
-    return [cast(ConvBN, b) for b in module.branches]
-
-
-def _bn(module: nn.Module | None) -> nn.BatchNorm2d:
-    assert isinstance(module, nn.BatchNorm2d)
-    return module
-
-
 def applies_dense(module: BranchConv, x: Tensor) -> bool:
     """Whether `fast_dense_sum` computes ``module``'s train-mode forward exactly for input ``x``."""
-    branches = _branches(module)
+    branches = conv_bn_branches(module)
     bns = [b.bn for b in branches] + ([module.identity] if module.identity is not None else [])
     depthwise = module.groups == module.in_channels == module.out_channels
     pointwise = module.stride == 1 and module.kernel_size == (1, 1)
@@ -202,19 +192,19 @@ def fast_dense_sum(module: BranchConv, x: Tensor, *, gram: bool | None = None) -
     """
     if gram is None:
         gram = module.in_channels // module.groups <= GRAM_MAX_CHANNELS
-    convs = [b for b in _branches(module) if not (gram and b.conv.kernel_size == (1, 1))]
-    pointwise = [b for b in _branches(module) if gram and b.conv.kernel_size == (1, 1)]
+    convs = [b for b in conv_bn_branches(module) if not (gram and b.conv.kernel_size == (1, 1))]
+    pointwise = [b for b in conv_bn_branches(module) if gram and b.conv.kernel_size == (1, 1)]
     identity = module.identity
-    bns = [_bn(b.bn) for b in convs]
+    bns = [as_batch_norm(b.bn) for b in convs]
     params: list[Tensor | None] = []
     for b in convs:
-        params.extend([b.conv.weight, _bn(b.bn).weight, _bn(b.bn).bias])
+        params.extend([b.conv.weight, as_batch_norm(b.bn).weight, as_batch_norm(b.bn).bias])
     if identity is not None and not gram:
         bns.append(identity)
         params.extend([identity.weight, identity.bias])
     for b in pointwise:
-        bns.append(_bn(b.bn))
-        params.extend([b.conv.weight, _bn(b.bn).weight, _bn(b.bn).bias])
+        bns.append(as_batch_norm(b.bn))
+        params.extend([b.conv.weight, as_batch_norm(b.bn).weight, as_batch_norm(b.bn).bias])
     eye = None
     if identity is not None and gram:
         bns.append(identity)

@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from dscnn.blocks.batch_norm_stats import channel_sums, in_scope, update_running_stats
-from dscnn.layers import ConvBN
+from dscnn.blocks.batch_norm_stats import channel_sums, conv_bn_branches, in_scope, update_running_stats
 
 if TYPE_CHECKING:
     from dscnn.blocks.branch_conv import BranchConv
@@ -172,13 +171,9 @@ class _FastPointwiseSum(torch.autograd.Function):
         return (None, None, None, None, dx, *grads)
 
 
-def _branches(module: BranchConv) -> list[ConvBN]:
-    return [cast(ConvBN, b) for b in module.branches]
-
-
 def applies_pointwise(module: BranchConv, x: Tensor) -> bool:
     """Whether `fast_pointwise_sum` computes ``module``'s train-mode forward exactly for input ``x``."""
-    branches = _branches(module)
+    branches = conv_bn_branches(module)
     bns = [b.bn for b in branches] + ([module.identity] if module.identity is not None else [])
     return (
         module.training and x.dim() == 4 and x.shape[1] == module.in_channels and module.stride == 1
@@ -196,7 +191,7 @@ def identity_weight(channels: int, groups: int, like: Tensor) -> Tensor:
 
 def fast_pointwise_sum(module: BranchConv, x: Tensor) -> Tensor:
     """Train-mode forward of an all-1x1 `BranchConv` (see `applies_pointwise`); updates running statistics."""
-    branches = _branches(module)
+    branches = conv_bn_branches(module)
     bns = [cast(nn.BatchNorm2d, b.bn) for b in branches]
     params: list[Tensor | None] = []
     for b, bn in zip(branches, bns):
