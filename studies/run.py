@@ -12,7 +12,7 @@ folder (``out``, default ``runs/<file stem>``). Each finished stage leaves ``<st
 running the same command again skips finished stages and resumes the unfinished one (the search
 resumes its Optuna study), so a killed run never redoes finished work. A stage that finished before an
 earlier stage last did (that one was run again) is redone, and so is every stage after one whose
-record came out changed (`run_study`).
+record came out changed (`run_study`); ``--redo STAGE`` runs a finished stage again.
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ from studies.stages import FINISHED_AT
 #: The stage whose record's checkpoint each stage reads (a study with stage 2: retrain names the stage-2 run).
 READS_CHECKPOINT_OF = {"prune": "retrain", "export": "prune"}
 
-#: A copy of a stage's done.json that deleting done.json (to run the stage again) leaves in place: a rerun
-#: that produces the same record changes nothing after it.
-LAST_RECORD = "last_record.json"
 #: Which stage reads each stage's checkpoint (the inverse of `READS_CHECKPOINT_OF`).
 CHECKPOINT_READER = {source: reader for reader, source in READS_CHECKPOINT_OF.items()}
 
@@ -73,14 +70,15 @@ def stale_stages(planned: Sequence[str], stored: dict[str, Any]) -> dict[str, st
     return reasons
 
 
-def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: str | None = None) -> dict[str, Any]:
+def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: str | None = None,
+              redo: Sequence[str] = ()) -> dict[str, Any]:
     """Run the stages of ``plan`` that are unfinished or out of date, in order, and every stage after
     one whose record came out changed; returns every stage's record.
 
-    A stage that runs again and produces the record it had (its done.json, or `LAST_RECORD` when
-    done.json was deleted; compared by `stages.content`, i.e. up to its time, revision and restore
-    details) changes nothing downstream, and keeps its finish time: deleting ``search/done.json`` to
-    redo a finished search reruns nothing else.
+    ``redo`` names finished stages to run again. A stage that runs again and produces the record it
+    had (`stages.record_digest`: up to its time, revision and restore details) changes nothing
+    downstream and keeps its finish time: ``redo=("search",)`` on a finished search reruns nothing
+    else. A stage whose done.json was deleted has no record to compare with: everything after it runs.
     """
     console = console or Console()
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -91,9 +89,13 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
     records: dict[str, Any] = {}
     planned = STAGES[:STAGES.index(stop_after) + 1] if stop_after else STAGES
     stored_records = {s: json.loads(m.read_text()) for s in planned if (m := plan.stage_dir(s) / "done.json").is_file()}
-    # a stage's record as it last finished, kept when its done.json is deleted to run it again
-    last_records = {s: json.loads(m.read_text()) for s in planned if (m := plan.stage_dir(s) / LAST_RECORD).is_file()}
+    unknown = sorted(set(redo) - set(STAGES))
+    if unknown:
+        raise StudyError(f"--redo {', '.join(unknown)}: not a stage (stages: {', '.join(STAGES)})")
     reasons = stale_stages(planned, stored_records)
+    for stage in planned:
+        if stage in redo and stage not in reasons:
+            reasons[stage] = "it was asked to be redone (--redo)"
     changed: list[str] = []  # stages run this time whose record is new or not the one stored
 
     def needed(stage: str) -> str | None:
@@ -113,7 +115,6 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
     for stage in planned:
         marker = plan.stage_dir(stage) / "done.json"
         stored = stored_records.get(stage)
-        previous = stored if stored is not None else last_records.get(stage)
         reason = needed(stage)
         if reason is None:
             records[stage] = stored
@@ -128,17 +129,15 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
         record["seconds"] = round(time.time() - started, 1)
         record.setdefault("git", revision)  # stages run at different times, maybe on other code
         earlier = max((float(r.get(FINISHED_AT, -math.inf)) for r in records.values()), default=-math.inf)
-        if previous is not None and stages.content(record) == stages.content(previous):
-            finished = max(float(previous.get(FINISHED_AT, -math.inf)), earlier + 1e-3)  # not out of date now
+        if stored is not None and stages.record_digest(record) == stages.record_digest(stored):
+            finished = max(float(stored.get(FINISHED_AT, -math.inf)), earlier + 1e-3)  # not out of date now
         else:
             changed.append(stage)
             finished = max(time.time(), earlier + 1e-3)  # after every earlier stage, whatever the clocks say
         if finished > -math.inf:  # an unchanged record from before finish times were recorded stays without one
             record[FINISHED_AT] = finished
         records[stage] = record
-        text = json.dumps(record, indent=2, default=str)
-        write_text_atomic(plan.stage_dir(stage) / LAST_RECORD, text)
-        write_text_atomic(marker, text)  # last: a crash between the two leaves the stage unfinished
+        write_text_atomic(marker, json.dumps(record, indent=2, default=str))
     return records
 
 
@@ -147,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="study file (TOML) with [search], [retrain], [prune], [export] tables")
     parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (the rest runs next time)")
+    parser.add_argument("--redo", action="append", default=[], choices=STAGES, metavar="STAGE",
+                        help="run this finished stage again (repeatable); the stages after it run again only if "
+                             "its record comes out changed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
                         help="override one key of the study file, e.g. search.trials=2 or out=runs/x (repeatable)")
     args = parser.parse_args(argv)
     console = Console()
     try:
         plan = load_plan(args.study, args.overrides)
-        records = run_study(plan, console=console, stop_after=args.stop_after)
+        records = run_study(plan, console=console, stop_after=args.stop_after, redo=args.redo)
     except (StudyError, DataError, CheckpointError, SearchError, JournalDamaged, CacheUnusable) as exc:  # the input, not a bug
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ returns its own JSON-ready record. Artifacts go to ``<out>/<stage>/``."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     chance (each method's record says which)."""
     checkpoint = records["retrain"]["checkpoint"]
     target_latency = _shared_latency_target(plan, checkpoint, console, _stage2_latency_ms(records))
-    source = content(records["retrain"])  # a method pruned from another winner is pruned again
+    source = record_digest(records["retrain"])  # a method pruned from another winner is pruned again
     ran = {m: _prune_one(plan, m, checkpoint, source, target_latency, console) for m in plan.methods}
     chance = 1.0 / int(read_checkpoint(checkpoint)["config"].get("num_classes") or 1)  # no model rebuilt
     # judged on copies: the stored per-method records stay what the runs wrote (a resume reads them back)
@@ -128,9 +129,8 @@ def prune(plan: StudyPlan, records: dict[str, Record], console: Console) -> Reco
     usable = {m: r for m, r in runs.items() if r["met_target"] and "report" in r and not r["collapsed"]}
     if not usable:
         console.log("[bold red]warning:[/bold red] no pruned model met the target without collapsing: exporting the "
-                    f"unpruned winner ({reason}); to retry the methods that failed, delete "
-                    f"{plan.stage_dir('prune') / 'done.json'} and run the study again (the export and the report "
-                    "follow)")
+                    f"unpruned winner ({reason}); to retry the methods that failed, run the study again with --redo "
+                    "prune (the export and the report follow if the outcome changes)")
         if at_chance(records["retrain"].get("accuracy"), chance):
             console.log(f"[bold red]warning:[/bold red] the unpruned winner is itself at chance (validation top-1 "
                         f"{records['retrain'].get('accuracy')}, chance {chance:.4f}): train it longer")
@@ -147,9 +147,11 @@ FINISHED_AT = "finished_at"
 VOLATILE = frozenset({"seconds", "git", FINISHED_AT, "restored"})
 
 
-def content(record: Record) -> dict[str, Any]:
-    """``record`` without its `VOLATILE` fields, as stored: two runs that produced the same thing compare equal."""
-    return as_stored({k: v for k, v in record.items() if k not in VOLATILE})
+def record_digest(record: Record) -> str:
+    """A digest of ``record`` without its `VOLATILE` fields, as stored (canonical JSON: NaN equals NaN):
+    two runs that produced the same thing have the same digest."""
+    text = json.dumps(as_stored({k: v for k, v in record.items() if k not in VOLATILE}), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def lost_checkpoint(record: Record) -> bool:
@@ -278,7 +280,7 @@ def _timed_alike(a: Any, b: Any) -> bool:
     return all(getattr(a, f, None) == getattr(b, f, None) for f in fields)
 
 
-def _prune_one(plan: StudyPlan, method: str, checkpoint: str, source: dict[str, Any], target_latency: str | None,
+def _prune_one(plan: StudyPlan, method: str, checkpoint: str, source: str, target_latency: str | None,
                console: Console) -> Record:
     from pruning.algorithm import PruningError, TargetMissed
     from pruning.run import RunConfig, run_pruning

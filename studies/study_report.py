@@ -127,9 +127,9 @@ def _retry_hint(prune: Record) -> list[str]:
     failed = [m for m, r in (prune.get("methods") or {}).items() if "error" in r]
     if not failed:
         return []
-    return [f"To retry {', '.join(failed)} (after changing what made it fail), delete `prune/done.json` and run "
-            "the study again: the export and the report are redone after it, and the methods stored under `prune/` "
-            "are not run again.", ""]
+    return [f"To retry {', '.join(failed)} (after changing what made it fail), run the study again with "
+            "`--redo prune`: the methods stored under `prune/` are not run again, and the export and the report are "
+            "redone if the outcome changes.", ""]
 
 
 def _unpruned_section(prune: Record, retrain: Record) -> list[str]:

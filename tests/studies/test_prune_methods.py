@@ -205,14 +205,14 @@ def test_a_stored_method_pruned_from_another_winner_is_pruned_again(tmp_path: Pa
     plan = load_plan(_plan(tmp_path, 'method = "magnitude"\nepochs = 1\nfinetune_epochs = 1\n'))
     folder = plan.stage_dir("prune") / "magnitude"
     folder.mkdir(parents=True)
-    source = stages.content({"checkpoint": "winner.pt", "accuracy": 0.5, "seconds": 3.0})
+    source = stages.record_digest({"checkpoint": "winner.pt", "accuracy": 0.5, "seconds": 3.0})
     stored = {"method": "magnitude", "target": "0.5x", "met_target": True, "source": source,
               "report": {"epochs": {"regularized": 0, "finetune": 2}}}
     (folder / "record.json").write_text(json.dumps(stored))
     console = Console(quiet=True)
-    same = stages.content({"checkpoint": "winner.pt", "accuracy": 0.5, "seconds": 9.0, "restored": {}})
+    same = stages.record_digest({"checkpoint": "winner.pt", "accuracy": 0.5, "seconds": 9.0, "restored": {}})
     assert stages._prune_one(plan, "magnitude", "winner.pt", same, None, console) == stored and calls == []
-    other = stages.content({"checkpoint": "winner.pt", "accuracy": 0.6})
+    other = stages.record_digest({"checkpoint": "winner.pt", "accuracy": 0.6})
     assert stages._prune_one(plan, "magnitude", "winner.pt", other, None, console)["error"] == "not this time"
     assert calls == [1]
 
@@ -244,9 +244,9 @@ def test_a_stored_method_run_off_the_planned_split_is_pruned_again(
     epochs = {"regularized": stored_split[0], "finetune": stored_split[1]}
     stored = {"method": method, "target": "0.5x", "met_target": True, "report": {"epochs": epochs}}
     (folder / "record.json").write_text(json.dumps(stored))
-    assert stages._prune_one(plan, method, "winner.pt", {}, None, Console(quiet=True)) == stored  # planned split: kept
+    assert stages._prune_one(plan, method, "winner.pt", "", None, Console(quiet=True)) == stored  # planned split: kept
     assert calls == []
-    assert stages._prune_one(plan_of(other), method, "winner.pt", {}, None,
+    assert stages._prune_one(plan_of(other), method, "winner.pt", "", None,
                              Console(quiet=True))["error"] == "not this time"
     assert calls == [1]  # pruned again, not reused
 

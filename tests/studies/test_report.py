@@ -68,8 +68,7 @@ def test_when_every_method_failed_the_report_says_the_unpruned_winner_is_exporte
                            "met the target without collapsing; the exported model is the unpruned winner.** resrep: "
                            "failed (no group can be pruned)")
     assert "the retrained winner unchanged, validation top-1 0.5500" in text  # no run measured it: no stats table
-    assert ("To retry resrep (after changing what made it fail), delete `prune/done.json` and run the study "
-            "again: the export") in text
+    assert "To retry resrep (after changing what made it fail), run the study again with `--redo prune`" in text
     assert "| resrep | - | no: no group can be pruned |" in text  # one method: its row is still shown
     assert "Before and after" not in text and "widths.png" not in text and "itself at chance" not in text
     at_chance = "\n".join(_pruning_section(prune, {"accuracy": 0.11}))  # <= COLLAPSED x chance: not learned

@@ -65,7 +65,7 @@ def test_shipped_study_runs_end_to_end_and_resumes_after_kill(tmp_path: Path) ->
     assert (out / "report" / "pareto.png").stat().st_size > 1000
     before = json.loads(search_done.read_text())
     assert run_study(load_plan(path, overrides))["search"] == before  # a third run does nothing new
-    assert sorted(p.name for p in (out / "export").iterdir()) == ["done.json", "last_record.json", "model.onnx", "model.ts"]
+    assert sorted(p.name for p in (out / "export").iterdir()) == ["done.json", "model.onnx", "model.ts"]
 
 
 @pytest.mark.parametrize(

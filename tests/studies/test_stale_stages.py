@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from studies.plan import STAGES
-from studies.run import FINISHED_AT, load_plan, run_study, stale_stages
+from studies.run import FINISHED_AT, StudyError, load_plan, run_study, stale_stages
 
 
 def _done(*times: float | None) -> dict[str, Any]:
@@ -53,9 +53,13 @@ def test_the_runner_reruns_what_an_upstream_rerun_made_stale(tmp_path: Path, mon
     ran.clear()
     run_study(plan)
     assert ran == []  # all finished, in order
-    (plan.stage_dir("prune") / "done.json").unlink()  # the user reruns the prune stage ...
-    outputs["prune"] = {"chosen": "resrep"}  # ... which comes out otherwise
-    run_study(plan, stop_after="prune")
+    run_study(plan, stop_after="prune", redo=["prune"])  # the user redoes the prune stage: the same record ...
+    assert ran == ["prune"]
+    run_study(plan)
+    assert ran == ["prune"]  # ... leaves nothing after it out of date
+    ran.clear()
+    outputs["prune"] = {"chosen": "resrep"}  # redone again, it comes out otherwise
+    run_study(plan, stop_after="prune", redo=["prune"])
     assert ran == ["prune"]
     ran.clear()
     run_study(plan)  # ... and the export and report made from the old pruned model are redone
@@ -63,13 +67,25 @@ def test_the_runner_reruns_what_an_upstream_rerun_made_stale(tmp_path: Path, mon
     record = json.loads((plan.stage_dir("report") / "done.json").read_text())
     assert record[FINISHED_AT] >= json.loads((plan.stage_dir("prune") / "done.json").read_text())[FINISHED_AT]
     ran.clear()
-    (plan.stage_dir("search") / "done.json").unlink()  # a finished search redone: the same record ...
-    run_study(plan)
+    run_study(plan, redo=["search"])  # a finished search redone, with the same record ...
     assert ran == ["search"]  # ... changes nothing downstream
     run_study(plan)
     assert ran == ["search"]  # and leaves nothing out of date
     ran.clear()
-    (plan.stage_dir("search") / "done.json").unlink()
-    outputs["search"] = {"best": 7}  # a search that came out otherwise: everything after it runs again
+    (plan.stage_dir("search") / "done.json").unlink()  # deleted: nothing to compare with, so all of it runs
     run_study(plan)
     assert ran == list(STAGES)
+    ran.clear()
+    outputs["search"] = {"best": 7}  # a search that came out otherwise: everything after it runs again
+    run_study(plan, redo=["search"])
+    assert ran == list(STAGES)
+    with pytest.raises(StudyError, match="--redo bogus: not a stage"):
+        run_study(plan, redo=["bogus"])
+
+
+def test_the_record_digest_ignores_volatile_fields_and_treats_nan_as_itself() -> None:
+    from studies.stages import record_digest
+
+    a = {"best": float("nan"), "trials": [1, 2], "seconds": 3.0, "git": "abc", FINISHED_AT: 1.0}
+    assert record_digest(a) == record_digest({"trials": (1, 2), "best": float("nan"), "restored": {"x": 1}})
+    assert record_digest(a) != record_digest({**a, "trials": [1, 3]})
