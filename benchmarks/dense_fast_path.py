@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -116,9 +117,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per block (median)")
     parser.add_argument("--repeat", type=int, default=3, help="calls per timing")
-    parser.add_argument("--model-rounds", type=int, default=7)
+    parser.add_argument("--model-rounds", type=int, default=11, help="alternating rounds of the whole step")
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dense_fast_path.json"))
     args = parser.parse_args()
@@ -150,7 +151,8 @@ def main() -> None:
             print(f"repvgg_a0 step {fmt_name:15} reference {ms['reference']:.1f} ms  fast_dense {ms['fast_dense']:.1f}"
                   f" ms  fast_dense/reference {ms['fast_dense'] / ms['reference']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"threads": args.threads, "malloc_pinned": pinned, "rounds": args.rounds, "repeat": args.repeat,
+    record = {"command": " ".join(["python", *sys.argv]), "threads": args.threads, "malloc_pinned": pinned,
+              "rounds": args.rounds, "repeat": args.repeat, "model_rounds": args.model_rounds,
               "torch": torch.__version__, "blocks": rows, "steps": steps}
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -37,7 +37,7 @@ _reference_forward = BranchConv.forward
 
 
 def _wired(self: BranchConv, x: torch.Tensor) -> torch.Tensor:
-    if self.training and current_branch_impl() == "fast" and applies_dense(self, x):
+    if self.fused is None and self.training and current_branch_impl() == "fast" and applies_dense(self, x):
         return fast_dense_sum(self, x)
     return _reference_forward(self, x)
 
@@ -145,9 +145,17 @@ def test_different_eps(gram_mode: bool) -> None:
     assert_fast_matches_reference(block, torch.randn(2, 4, 5, 5), torch.float64)
 
 
-def test_repvgg_model_step_matches_reference() -> None:
+def test_repvgg_model_step_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """A whole tiny RepVGG train step (stride-1, stride-2 and identity blocks) equals the reference."""
     from dscnn import create_model
+
+    taken: list[bool] = []
+
+    def counted(self: BranchConv, x: torch.Tensor) -> torch.Tensor:
+        taken.append(self.training and current_branch_impl() == "fast" and applies_dense(self, x))
+        return _wired(self, x)
+
+    monkeypatch.setattr(BranchConv, "forward", counted)
 
     torch.manual_seed(0)
     model = create_model("repvgg_a0", num_classes=3, resolution=32, depths=(1, 1, 2, 1, 1),
@@ -164,6 +172,8 @@ def test_repvgg_model_step_matches_reference() -> None:
         grads[impl] = {k: p.grad for k, p in m.named_parameters() if p.grad is not None}
         buffers[impl] = dict(m.named_buffers())
     scale = max(float(g.abs().max()) for g in grads["reference"].values())
+    blocks = sum(isinstance(m, BranchConv) for m in model.modules())
+    assert taken == [True] * blocks + [False] * blocks  # the fast step took the dense path in every block
     assert len(grads["fast"]) == len(list(model.parameters()))
     for k, g in grads["fast"].items():
         assert float((g - grads["reference"][k]).abs().max()) <= 1e-10 * scale, k
