@@ -55,20 +55,21 @@ SNAP_TOLERANCE = 0.01
 QUANTA = (8, 4)
 #: Harness settings of one standalone layer timing: one repeat of this many runs (a layer is quick).
 LAYER_RUNS, LAYER_WARMUP = 30, 5
-#: Whole-model timings taken on a busy machine are retried this many times, this far apart (`harness`).
-BUSY_RETRIES, BUSY_PAUSE_S = 3, 30.0
+#: Whole-model timings that are busy or noisy are retried this many times, this far apart (`harness`).
+UNTRUSTED_RETRIES, BUSY_PAUSE_S = 3, 30.0
 
 
 def harness(settings: LatencySettings, lock: DeviceLock | None = None, busy: list[bool] | None = None,
-            busy_retries: int = 0, pause_s: float | None = None) -> Measure:
+            untrusted_retries: int = 0, pause_s: float | None = None) -> Measure:
     """``measure_latency_ms(model, settings).median_ms``, under ``lock.measuring()`` when given; each
     measurement's busy flag is appended to ``busy`` when given.
 
-    A measurement taken on a busy machine is taken again, up to ``busy_retries`` times ``pause_s``
+    A measurement that is not trusted (taken on a busy machine, or whose repeats disagree: see
+    `dscnn.latency.LatencyResult.trusted`) is taken again, up to ``untrusted_retries`` times ``pause_s``
     (default `BUSY_PAUSE_S`) apart, waiting outside the lock so other workers can use the device
     meanwhile (for the few whole-model timings of a calibration; a layer table's hundreds of timings
-    do not wait). The first one on a quiet machine is used; if every one was busy, the fastest
-    (interference only adds time), flagged busy.
+    do not wait). The first trusted one is used; if none was, the fastest (interference only adds
+    time), with its busy flag.
     """
 
     def timed(model: nn.Module) -> LatencyResult:
@@ -79,10 +80,10 @@ def harness(settings: LatencySettings, lock: DeviceLock | None = None, busy: lis
 
     def measure(model: nn.Module) -> float:
         results = [timed(model)]
-        while results[-1].busy and len(results) <= busy_retries:
+        while not results[-1].trusted and len(results) <= untrusted_retries:
             time.sleep(BUSY_PAUSE_S if pause_s is None else pause_s)
             results.append(timed(model))
-        result = results[-1] if not results[-1].busy else min(results, key=lambda r: r.median_ms)
+        result = results[-1] if results[-1].trusted else min(results, key=lambda r: r.median_ms)
         if busy is not None:
             busy.append(result.busy)
         return result.median_ms

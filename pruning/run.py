@@ -35,7 +35,7 @@ from pruning.algorithm import PruningAlgorithm, PruningError, TargetMissed
 from pruning.calibration import ROUNDS, Calibration, calibrate_budget
 from pruning.groups import ChannelGroup, find_groups
 from pruning.latency_plan import LatencyPlan, load_plan, plan_key, save_plan
-from pruning.latency_table import BUSY_RETRIES, build_table, harness
+from pruning.latency_table import UNTRUSTED_RETRIES, build_table, harness
 from pruning.macs import CostModel
 from pruning.outputs import check_output_paths, write_together
 from pruning.report import ModelStats, PruneReport, layer_widths
@@ -219,7 +219,7 @@ def _measure_plan(model: nn.Module, groups: tuple[ChannelGroup, ...], example: t
         target_cost(model, groups, example, table, target_ms)  # a target below one channel: refused first
         # each whole-model timing under the lock on its own: a busy one is retried after a pause outside it
         calibration = calibrate_budget(model, groups, example, table, target_ms,
-                                       harness(settings, lock, busy=busy, busy_retries=BUSY_RETRIES),
+                                       harness(settings, lock, busy=busy, untrusted_retries=UNTRUSTED_RETRIES),
                                        rounds=config.calibration_rounds)
         console.log(_calibration_line(calibration))
     plan = LatencyPlan(table, target_ms, calibration.budget_ms if calibration is not None else target_ms, calibration)

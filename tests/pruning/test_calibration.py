@@ -109,23 +109,28 @@ def test_the_factor_is_the_chosen_rounds(
     assert calibration.factor != pytest.approx(second.measured_ms / second.predicted_ms)
 
 
-@pytest.mark.parametrize(("busy_flags", "expected_ms", "expected_busy"), [
-    ([True, False], 2.0, [False]),  # retried once, the quiet timing is used
-    ([True, True, True, True], 1.0, [True]),  # still busy after every retry: the fastest, flagged
-    ([False], 1.0, [False]),  # quiet at once: one timing
+@pytest.mark.parametrize(("flags", "expected_ms", "expected_busy"), [
+    ([(True, False), (False, False)], 2.0, [False]),  # busy, retried once: the quiet timing is used
+    ([(False, True), (False, False)], 2.0, [False]),  # repeats disagreed: retried too
+    ([(True, False)] * 4, 1.0, [True]),  # still busy after every retry: the fastest, flagged
+    ([(False, True)] * 4, 1.0, [False]),  # noisy every time: the fastest (the plan may still be stored)
+    ([(False, False)], 1.0, [False]),  # trusted at once: one timing
 ])
-def test_calibration_harness_retries_a_busy_timing(monkeypatch: pytest.MonkeyPatch, busy_flags: list[bool],
-                                                  expected_ms: float, expected_busy: list[bool]) -> None:
-    timings = iter(busy_flags)
+def test_calibration_harness_retries_an_untrusted_timing(monkeypatch: pytest.MonkeyPatch,
+                                                         flags: list[tuple[bool, bool]], expected_ms: float,
+                                                         expected_busy: list[bool]) -> None:
+    timings = iter(flags)
     calls: list[int] = []
 
     class Result:
         def __init__(self) -> None:
             calls.append(1)
-            self.busy, self.median_ms = next(timings), float(len(calls))
+            self.busy, self.noisy = next(timings)
+            self.median_ms = float(len(calls))
+            self.trusted = not (self.busy or self.noisy)
 
     monkeypatch.setattr(pruning.latency_table, "measure_latency_ms", lambda model, settings: Result())
     busy: list[bool] = []
-    measure = pruning.latency_table.harness(LatencySettings(), busy=busy, busy_retries=3, pause_s=0.0)
+    measure = pruning.latency_table.harness(LatencySettings(), busy=busy, untrusted_retries=3, pause_s=0.0)
     assert measure(nn.Identity()) == expected_ms
-    assert busy == expected_busy and len(calls) == len(busy_flags)
+    assert busy == expected_busy and len(calls) == len(flags)

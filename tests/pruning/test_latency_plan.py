@@ -81,7 +81,7 @@ def test_runs_given_one_plan_file_measure_once_and_plan_against_one_budget(
 
     first = run("first", "0.9x")
     assert len(tables) == 1 and plan.is_file()
-    assert retries[:2] == [{}, {"busy_retries": pruning.run.BUSY_RETRIES}]  # the table's timings wait for nothing
+    assert retries[:2] == [{}, {"untrusted_retries": pruning.run.UNTRUSTED_RETRIES}]  # the table's timings wait for nothing
     second = run("second", "0.9x")
     assert len(tables) == 1  # read back, not measured again
     assert second["calibration"] == first["calibration"] and second["target_ms"] == first["target_ms"]
