@@ -81,17 +81,20 @@ def run_study(plan: StudyPlan, *, console: Console | None = None, stop_after: st
     else. A stage whose done.json was deleted has no record to compare with: everything after it runs.
     """
     console = console or Console()
+    planned = STAGES[:STAGES.index(stop_after) + 1] if stop_after else STAGES
+    unknown = sorted(set(redo) - set(STAGES))
+    if unknown:
+        raise StudyError(f"--redo {', '.join(unknown)}: not a stage (stages: {', '.join(STAGES)})")
+    beyond = [s for s in STAGES if s in redo and s not in planned]
+    if beyond:
+        raise StudyError(f"--redo {', '.join(beyond)}: after --stop-after {stop_after}, so it would not run")
     plan.out.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Callable[[StudyPlan, dict[str, Any], Console], dict[str, Any]]] = {
         "search": stages.search, "stage2": stages.stage2, "retrain": stages.retrain, "prune": stages.prune,
         "export": stages.export, "report": stages.report,
     }
     records: dict[str, Any] = {}
-    planned = STAGES[:STAGES.index(stop_after) + 1] if stop_after else STAGES
     stored_records = {s: json.loads(m.read_text()) for s in planned if (m := plan.stage_dir(s) / "done.json").is_file()}
-    unknown = sorted(set(redo) - set(STAGES))
-    if unknown:
-        raise StudyError(f"--redo {', '.join(unknown)}: not a stage (stages: {', '.join(STAGES)})")
     reasons = stale_stages(planned, stored_records)
     for stage in planned:
         if stage in redo and stage not in reasons:

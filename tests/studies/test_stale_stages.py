@@ -81,6 +81,8 @@ def test_the_runner_reruns_what_an_upstream_rerun_made_stale(tmp_path: Path, mon
     assert ran == list(STAGES)
     with pytest.raises(StudyError, match="--redo bogus: not a stage"):
         run_study(plan, redo=["bogus"])
+    with pytest.raises(StudyError, match="--redo export: after --stop-after prune, so it would not run"):
+        run_study(plan, stop_after="prune", redo=["export"])
 
 
 def test_the_record_digest_ignores_volatile_fields_and_treats_nan_as_itself() -> None:
