@@ -30,10 +30,17 @@ def as_batch_norm(module: nn.Module | None) -> nn.BatchNorm2d:
     return module
 
 
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """``channels_last`` when ``x`` is laid out so (and not also plain contiguous), else ``contiguous_format``:
+    the layout a fast path gives the tensors it makes from ``x``."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def channel_sums(x: Tensor) -> Tensor:
     """``sum over (N, H, W)`` per channel; a GEMV in channels_last (much faster than a reduction there)."""
     n, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if memory_format_of(x) == torch.channels_last:
         return (torch.ones((1, n * h * w), dtype=x.dtype, device=x.device) @ x.permute(0, 2, 3, 1).reshape(-1, c))[0]
     return x.sum(dim=(0, 2, 3))
 

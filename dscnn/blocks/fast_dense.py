@@ -36,7 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from dscnn.blocks.batch_norm_stats import as_batch_norm, channel_sums, conv_bn_branches, in_scope, update_running_stats
+from dscnn.blocks.batch_norm_stats import (
+    as_batch_norm,
+    channel_sums,
+    conv_bn_branches,
+    in_scope,
+    memory_format_of,
+    update_running_stats,
+)
 from dscnn.blocks.fast_pointwise import folded, identity_weight, input_gram, pointwise_grads, pointwise_stats
 
 if TYPE_CHECKING:
@@ -61,11 +68,6 @@ class _Plan:
 
 def _row(v: Tensor) -> Tensor:
     return v.view(1, -1, 1, 1)
-
-
-def _format(x: Tensor) -> torch.memory_format:
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _moments(z: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -99,7 +101,7 @@ class _FastDenseSum(torch.autograd.Function):
         xs = s_x = gram = w_eff = None
         gram_w: list[Tensor] = []
         if plan.gram_weighted:
-            xs = x if s == 1 else x[:, :, ::s, ::s].contiguous(memory_format=_format(x))
+            xs = x if s == 1 else x[:, :, ::s, ::s].contiguous(memory_format=memory_format_of(x))
             gram_w = [eye if w is None else w for w in cast(list[Tensor], list(rest[0::3]))]
             s_x, gram = channel_sums(xs), input_gram(xs, groups)
             g_means, g_vars, g_ts = pointwise_stats(
@@ -109,7 +111,7 @@ class _FastDenseSum(torch.autograd.Function):
             means, variances, ts = means + g_means, variances + g_vars, ts + g_ts
         else:
             assert isinstance(bias, Tensor)
-            y = torch.addcmul(_row(bias), zs[0], _row(ts[0])).contiguous(memory_format=_format(zs[0]))
+            y = torch.addcmul(_row(bias), zs[0], _row(ts[0])).contiguous(memory_format=memory_format_of(zs[0]))
             zs_rest, ts_rest = zs[1:], ts[1:]
         for z, t in zip(zs if plan.gram_weighted else zs_rest, ts if plan.gram_weighted else ts_rest):
             y.addcmul_(z, _row(t))
@@ -130,7 +132,7 @@ class _FastDenseSum(torch.autograd.Function):
         zs, conv_w = saved[:nc], saved[nc : 2 * nc]
         ts, means, variances = saved[2 * nc : 2 * nc + nt], saved[2 * nc + nt : 2 * nc + 2 * nt], \
             saved[2 * nc + 2 * nt : 2 * nc + 3 * nt]
-        g = g.contiguous(memory_format=_format(x))
+        g = g.contiguous(memory_format=memory_format_of(x))
         sum_g = channel_sums(g)
         dx: Tensor | None = None
         grads: list[Tensor | None] = []
@@ -139,7 +141,7 @@ class _FastDenseSum(torch.autograd.Function):
             k = channel_sums(g * z) - mu * sum_g  # sum(g * (z - mu))
             e = -t * inv.square() * k / n
             c = -t * sum_g / n - e * mu
-            dz = torch.addcmul(_row(c), z, _row(e)).contiguous(memory_format=_format(z)).addcmul_(g, _row(t))
+            dz = torch.addcmul(_row(c), z, _row(e)).contiguous(memory_format=memory_format_of(z)).addcmul_(g, _row(t))
             if b < nc:
                 dxb, dw = torch.ops.aten.convolution_backward(
                     dz, x, conv_w[b], None, [s, s], list(plan.paddings[b]), [plan.dilation] * 2, False, [0, 0],

@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from dscnn.blocks.batch_norm_stats import channel_sums, conv_bn_branches, in_scope, update_running_stats
+from dscnn.blocks.batch_norm_stats import (
+    channel_sums,
+    conv_bn_branches,
+    in_scope,
+    memory_format_of,
+    update_running_stats,
+)
 
 if TYPE_CHECKING:
     from dscnn.blocks.branch_conv import BranchConv
@@ -157,9 +163,7 @@ class _FastPointwiseSum(torch.autograd.Function):
         groups, n, nb = ctx.groups, ctx.n, len(ctx.eps)
         x, s, gram, w_eff, *rest = ctx.saved_tensors
         weights, ts, means, variances = rest[:nb], rest[nb : 2 * nb], rest[2 * nb : 3 * nb], rest[3 * nb :]
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-            else torch.contiguous_format
-        g = g.contiguous(memory_format=fmt)
+        g = g.contiguous(memory_format=memory_format_of(x))
         sum_g = channel_sums(g)
         dx, corr = torch.ops.aten.convolution_backward(
             g, x, w_eff, None, [1, 1], [0, 0], [1, 1], False, [0, 0], groups, [True, True, False],
