@@ -41,6 +41,7 @@ from searchspace.device_lock import DeviceLock, TrainingSlot
 from searchspace.report import TrialRow, trained, trial_rows
 from studies import timing_drift
 from studies.plan import StudyError
+from studies.reused_runs import find_run, reuse_run
 from studies.stage2_table import markdown, summary_row, verdict
 from studies.timing_drift import least_slowed, slowdown, slowed
 
@@ -60,9 +61,15 @@ class Stage2Config:
     epochs: int = 30  # the longer recipe (the search's batch size, optimizer, LR and augmentation)
     lr: float | None = None  # None = the search's peak LR
     batch_size: int | None = None  # None = the search's
+    # other studies' stage-2 runs folders: a run stored there under the same key (architecture, seed, recipe,
+    # data) is copied, with where it came from, instead of trained again (training is deterministic)
+    reuse_runs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "reuse_runs", tuple(self.reuse_runs))
+        if not all(isinstance(p, str) and p for p in self.reuse_runs):
+            raise StudyError(f"[stage2] reuse_runs must be a list of folder paths, got {list(self.reuse_runs)}")
         if self.top_k < 1 or self.epochs < 1:
             raise StudyError(f"[stage2] top_k and epochs must be >= 1, got {self.top_k}, {self.epochs}")
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
@@ -164,6 +171,11 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
         if doc.get("key") == key:
             if doc.get("seconds"):
                 seconds.setdefault(candidate.label, float(doc["seconds"]))
+            continue
+        found = find_run(key, config.reuse_runs)
+        if found is not None:
+            console.log(f"stage 2: {candidate.label} seed {seed} was trained under the same key in {found[0]}: reused")
+            _write_json(path, reuse_run(found, candidate.label, path.with_suffix(".pt")))
             continue
         if doc:
             console.log(f"stage 2: {path.name} was trained with another recipe, data or architecture: training again")

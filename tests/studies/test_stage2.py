@@ -349,3 +349,28 @@ def test_one_finished_seed_has_no_spread_to_claim_and_an_exact_point_meets_the_g
     exact = [_srow("trial 1", baseline=False, val=0.7, test=0.6003, latency=3.0),
              _srow("resnet20", baseline=True, val=0.7, test=0.5903, latency=4.0)]
     assert 100 * (0.6003 - 0.5903) < 1.0 and verdict(exact)["goal_met"]  # +1.00 points, rounding aside
+
+
+def test_runs_another_study_trained_under_the_same_key_are_reused_not_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    search = _search(tmp_path)
+    config = Stage2Config(top_k=1, seeds=(0, 1), epochs=1)
+    first = run_stage2(search, config, tmp_path / "a")
+    real = stage2._train_one
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(stage2, "_train_one", lambda c, s, *a: (calls.append((c.label, s)), real(c, s, *a))[1])
+    reusing = dataclasses.replace(config, reuse_runs=(str(tmp_path / "a" / "runs"),))
+    again = run_stage2(search, reusing, tmp_path / "b")
+    assert calls == []
+    assert [(r["label"], r["test"]) for r in again["rows"]] == [(r["label"], r["test"]) for r in first["rows"]]
+    record = json.loads((tmp_path / "b" / "runs" / "fasternet_t0_w0.5-s1.json").read_text())
+    assert record["reused_from"] == str(tmp_path / "a" / "runs" / "fasternet_t0_w0.5-s1.json")
+    assert (tmp_path / "b" / "runs" / record["checkpoint"]).is_file()
+
+    run_stage2(search, dataclasses.replace(reusing, epochs=2), tmp_path / "c")  # another recipe: another key
+    assert len(calls) == 4
+    with pytest.raises(StudyError, match="reuse_runs: .* is not a folder"):
+        run_stage2(search, dataclasses.replace(config, reuse_runs=(str(tmp_path / "nowhere"),)), tmp_path / "d")
+    with pytest.raises(StudyError, match="reuse_runs must be a list"):
+        Stage2Config(reuse_runs=("",))
