@@ -6,6 +6,8 @@ the budget in the side-by-side timing; the test split never chooses it), and it 
 **strongest** fitting baseline on test (the one use of test to pick: it can only set the bar higher). The goal is met
 when it is at least `GOAL_POINTS` better at no more measured latency; the test split's sampling
 noise and the seed spreads are stated beside the gain, so a reader can see whether it is beyond them.
+Beside it, the equal-latency view: for each fitting baseline, the best searched model by validation at no
+more than that baseline's measured latency (`equal_latency`), so one budget line does not decide alone.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ def winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(pool, key=lambda r: (r["val_mean"], -r["trial"])) if pool else None
 
 
+def _searched_at_most(rows: list[dict[str, Any]], latency_ms: float) -> dict[str, Any] | None:
+    """The searched row a user would take at no more than ``latency_ms``: best stage-2 validation mean
+    (ties: lower trial, as `winner`), never test. Only the measured latency filters, not ``fits``: a
+    baseline that fits is within the budget, so any row at or below its latency is too (``fits`` is
+    ``latency_ms <= budget_ms``), and the budget exists only to bound latency."""
+    pool = [r for r in rows if not r["baseline"] and r["val_mean"] is not None and r["latency_ms"] <= latency_ms]
+    return max(pool, key=lambda r: (r["val_mean"], -r["trial"])) if pool else None
+
+
 def verdict(rows: list[dict[str, Any]], excluded: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Does the searched winner beat the strongest fitting baseline by `GOAL_POINTS` at no more latency?
     ``excluded``: the baselines left out for their latency, named in the verdict line."""
@@ -75,7 +86,21 @@ def verdict(rows: list[dict[str, Any]], excluded: list[dict[str, Any]] | None = 
         "latency_caveat": any(r["latency_noisy"] or r["latency_busy"] for r in (best, rival)),
         "against": [{"baseline": r["label"], "gain_points": round(100 * (best["test_mean"] - r["test_mean"]), 2),
                      "latency_ratio": round(best["latency_ms"] / r["latency_ms"], 3)} for r in baselines],
+        "equal_latency": [_equal_latency(rows, r) for r in sorted(baselines, key=lambda b: -b["test_mean"])],
     }
+
+
+def _equal_latency(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> dict[str, Any]:
+    """The best searched row by validation at no more than ``baseline``'s latency, against it on test."""
+    entry: dict[str, Any] = {"baseline": baseline["label"], "baseline_latency_ms": baseline["latency_ms"]}
+    s = _searched_at_most(rows, baseline["latency_ms"])
+    if s is None:
+        return {**entry, "searched": None, "gain_points": None, "latency_ratio": None, "noise_points": None,
+                "met": False}
+    gain = 100 * (s["test_mean"] - baseline["test_mean"])
+    return {**entry, "searched": s["label"], "gain_points": round(gain, 2),
+            "latency_ratio": round(s["latency_ms"] / baseline["latency_ms"], 3),
+            "noise_points": round(_noise_points(s, baseline), 2), "met": round(gain, 6) >= GOAL_POINTS}
 
 
 def _noise_points(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -119,6 +144,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Baselines not in stage 2 (over the budget, or never timed): "
                   + ", ".join(f"{e['label']} {_fmt(e['latency_ms'], 3)} ms ({e['timed']})" for e in excluded) + "."]
     lines += ["", _verdict_line(summary["verdict"])]
+    if summary["verdict"].get("equal_latency"):  # summaries stored before it have none: rendered as they were
+        lines += ["", _equal_latency_line(summary["verdict"]["equal_latency"])]
     return "\n".join(lines)
 
 
@@ -140,6 +167,17 @@ def _verdict_line(v: dict[str, Any]) -> str:
         + f" Against every fitting baseline: {against}."
         + (f" Baselines left out (over the budget or never timed): {', '.join(v['excluded'])}." if v.get("excluded") else "")
     )
+
+
+def _equal_latency_line(entries: list[dict[str, Any]]) -> str:
+    def one(e: dict[str, Any]) -> str:
+        head = f"{e['baseline']} ({e['baseline_latency_ms']:.3f} ms): "
+        if e["searched"] is None:
+            return head + "none as fast"
+        return head + (f"{e['searched']} {e['gain_points']:+.2f} at {e['latency_ratio']:.2f}x"
+                       + (" (goal met)" if e["met"] else ""))
+    return ("At equal latency (the best searched model by validation at no more than each baseline's measured "
+            "latency): " + "; ".join(one(e) for e in entries) + ".")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
