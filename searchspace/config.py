@@ -74,6 +74,9 @@ class SearchConfig:
     out: str = ""  # output folder; "" = runs/<study_name>
     space: str = "full"  # search space name (searchspace.space.SPACES)
     budget_ms: float | None = None  # hard latency budget of the deploy form, ms; None = none
+    # the budget is this baseline's deploy latency, timed when the study starts (searchspace.budget_of); the
+    # search then sets budget_ms to that timing (a budget_ms given with it is replaced)
+    budget_of: str | None = None
     budget_macs: float | None = None  # hard deploy-MACs budget; None = none
     trials: int = 20  # total trials in the study (baselines included)
     timeout_s: float | None = None  # stop starting new trials after this many seconds
@@ -103,6 +106,9 @@ class SearchConfig:
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise InvalidSetting("baselines", f"unknown: {', '.join(unknown)}; valid: {', '.join(BASELINES)}")
+        if self.budget_of is not None and self.budget_of not in self.baselines:
+            raise InvalidSetting("budget_of", f"must be one of the baselines the study trains "
+                                 f"({', '.join(self.baselines) or 'none'}), got {self.budget_of!r}")
         if self.ray is not None and self.train.device.startswith("cuda") and self.ray.gpus_per_trial <= 0:
             raise InvalidSetting("gpus_per_trial", "must be > 0 with --device cuda and --backend ray")
 
@@ -156,6 +162,9 @@ DEVICES = ("auto", "cpu", "cuda")
 #: every flat setting (a ``search.py`` flag, underscored = a study-file key), in help order
 SETTINGS: dict[str, Setting] = {
     "budget_ms": _s("", "budget_ms", float, "budget", "hard latency budget of the deploy form, ms (batch --latency-batch)"),
+    "budget_of": _s("", "budget_of", str, "budget", "the budget is this baseline's deploy latency, timed on the "
+                    "target when the study starts (instead of --budget-ms: the same line on a slower or faster day)",
+                    tuple(BASELINES)),
     "budget_flops": _s("*", "budget_macs", str, "budget", "hard budget on deploy MACs, e.g. 0.3G or 300M"),
     "dataset": _s("data", "name", str, "data", "data set (embedded: a CIFAR-10 subset shipped inside)", DATASETS),
     "data_dir": _s("data", "data_dir", str, "data", "folder holding the data set (None: $REPNAS_DATA)"),
@@ -238,6 +247,8 @@ def _build(values: dict[str, Any]) -> SearchConfig:
     ray_given = [k for k in values if SETTINGS[k].section == "ray"]
     if backend != "ray" and ray_given:
         raise ValueError(f"--{ray_given[0].replace('_', '-')} needs --backend ray")
+    if "budget_ms" in values and "budget_of" in values:
+        raise ValueError("--budget-ms and --budget-of: give one (--budget-of times the baseline and makes that the budget)")
     device = _resolve_device(values.get("device", "auto"))
     parts: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     for key, value in values.items():

@@ -49,7 +49,9 @@ def definition(config: SearchConfig, num_classes: int, resolution: int) -> dict[
         "dataset": data.name, "train_per_class": data.train_per_class, "val_per_class": data.val_per_class,
         "holdout_per_class": data.holdout_per_class,
         "data_seed": data.seed, "resolution": resolution, "num_classes": num_classes,
-        "budget_ms": config.budget_ms, "budget_macs": config.budget_macs, "device": latency.device,
+        # --budget-of: the baseline defines the study; the timing it gave is stored apart (searchspace.budget_of)
+        "budget_ms": None if config.budget_of else config.budget_ms, "budget_of": config.budget_of,
+        "budget_macs": config.budget_macs, "device": latency.device,
         "train_device": train.device,
         "runtime": latency.runtime, "latency_batch": latency.batch, "threads": latency.threads,
         "precision": latency.precision, "space": config.space, "pareto": config.pareto,

@@ -45,6 +45,7 @@ class TrialCost:
     runtime_version: str = ""
     load: float | None = None  # other processes' CPU share while timing (dscnn.machine_load)
     busy: bool = False  # timed on a busy machine: the number is suspect (never cached)
+    noisy: bool = False  # its repeats disagreed (dscnn.latency.LatencyResult.noisy): never cached either
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class ObjectiveSettings:
     checkpoint_dir: Path  # one checkpoint per trained trial: trial_NNNN.pt
     seed: int = 0  # study seed: trial t's weights and training use trial_seed(seed, t)
     study_name: str = ""  # recorded in every trial checkpoint, checked when best.* is written
+    # --budget-of: the baseline whose timing is the budget, and that timing (its own trial records it)
+    budget_reference: str | None = None
+    reference_cost: TrialCost | None = None
 
 
 @dataclass(frozen=True)
@@ -127,8 +131,12 @@ class SearchObjective:
         trial.set_user_attr("seed", seed)
         torch.manual_seed(seed)  # the initial weights: reproducible from (study seed, trial number)
         model = dscnn.build_model(config)
-        with torch.random.fork_rng(devices=[]):  # timing (random inputs) must not shift the training RNG
-            cost = self.measure_cost(model)
+        s = self.settings
+        if s.reference_cost is not None and trial.user_attrs.get(BASELINE_ATTR) == s.budget_reference:
+            cost = s.reference_cost  # the timing that is the budget: this model is at it by definition
+        else:
+            with torch.random.fork_rng(devices=[]):  # timing (random inputs) must not shift the training RNG
+                cost = self.measure_cost(model)
         trial.set_user_attr("measured_by", worker_id())
         feasible = self._record_cost(trial, cost)
         # a baseline is enqueued by name, on purpose (even twice); only what the sampler proposes is checked

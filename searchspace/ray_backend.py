@@ -86,7 +86,7 @@ def run_ray_search(
     ray_config = ray_config or config.ray or RayConfig()
     if config.train.device.startswith("cuda") and ray_config.gpus_per_trial <= 0:
         raise ValueError("--device cuda with --backend ray needs --gpus-per-trial > 0 (Ray hides GPUs from trials without)")
-    study, data, objective = prepare_search(config, console)
+    study, data, objective, config = prepare_search(config, console)
     searcher = StudySearcher(study, objective)
     if study.remaining() == 0:
         console.log(f"study {config.study_name!r} already has {config.trials} trials; raise --trials to add more")

@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -93,7 +94,7 @@ def print_table(rows: list[TrialRow], console: Console | None = None, title: str
     (console or Console()).print(table)
 
 
-def write_best_json(path: Path, best: TrialRow, budget: dict[str, float | None], warning: str | None = None) -> None:
+def write_best_json(path: Path, best: TrialRow, budget: dict[str, Any], warning: str | None = None) -> None:
     data = asdict(best)
     data["arch"] = json.loads(best.arch) if best.arch else None
     data["budget"] = budget

@@ -33,6 +33,7 @@ from dscnn.measure_cache import MeasureCache
 from dscnn.runtimes import check_runtime
 from dscnn.train import TrainingDiverged, resolve_device, train_and_evaluate
 from searchspace import report
+from searchspace.budget_of import reference_cost, resolve_budget
 from searchspace.comparison import print_comparison
 from searchspace.config import SearchConfig
 from searchspace.device_lock import DeviceLock
@@ -53,6 +54,7 @@ class SearchResult:
     trained_trials: int  # trials of this run that reached training
     best: report.TrialRow | None
     pareto: list[report.TrialRow]
+    budget_ms: float | None = None  # the latency budget trials were judged by (a --budget-of one resolved)
 
 
 class SearchInterrupted(Exception):
@@ -78,7 +80,7 @@ def run_search(config: SearchConfig, *, console: Console | None = None, show_pro
         from searchspace.ray_backend import run_ray_search  # imports Ray: only when asked for
 
         return run_ray_search(config, console=console, show_progress=show_progress)
-    study, _, objective = prepare_search(config, console)
+    study, _, objective, config = prepare_search(config, console)
     interrupted = False
     if study.remaining() == 0:
         console.log(f"study {config.study_name!r} already has {config.trials} trials; raise --trials to add more")
@@ -121,10 +123,11 @@ def _quiet_interrupt_tracebacks() -> Iterator[None]:
         logger.removeFilter(one_line)
 
 
-def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy, ImageDataset, SearchObjective]:
+def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy, ImageDataset, SearchObjective, SearchConfig]:
     """What every backend does first, checking every input before it writes anything: paths, data,
     the study's definition and the output folder's owner; then the outputs folder and the study
-    (orphans failed, interrupted or lost trials re-queued, baselines enqueued)."""
+    (orphans failed, interrupted or lost trials re-queued, baselines enqueued, a --budget-of budget
+    timed or read back). Returns the config the search runs with (``budget_ms`` resolved)."""
     check_paths(config)
     check_runtime(config.latency)  # an unavailable runtime fails now, in one line, not in trial 0
     if config.data.name == "embedded" and config.data.data_dir:
@@ -140,9 +143,14 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
         orphans = fail_orphaned_trials(study)
         requeued = requeue_lost_trials(study)
         joined = join_study(study, config)
+        # timed afresh: the budget is today's speed of the machine, not the cache's
+        config = resolve_budget(config, study, make_measure(config, resolution, console, fresh=True),
+                                data.num_classes, resolution, say=console.log)
         if is_new:
             study.set_user_attr(VAL_IMAGES_ATTR, int(data.split("val")[1].numel()))  # the verdict's noise level
-            for label in config.baselines[: config.trials]:
+            # the budget's reference first: the line it draws is known before any trial is judged by it
+            first = sorted(config.baselines, key=lambda label: label != config.budget_of)
+            for label in first[: config.trials]:
                 study.enqueue_trial({}, user_attrs={BASELINE_ATTR: label}, skip_if_exists=False)
     (config.out_dir / "trials").mkdir(parents=True, exist_ok=True)
     recorded = dataclasses.replace(config, latency=config.latency.replace(resolution=resolution))
@@ -158,7 +166,7 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
     if len(config.baselines) >= config.trials and is_new:
         console.log(f"[yellow]note:[/yellow] --trials {config.trials} leaves no room beyond the "
                     f"{len(config.baselines)} hand-designed baselines: nothing will be searched")
-    return study, data, build_objective(config, data, console)
+    return study, data, build_objective(config, data, console, reference_cost(study)), config
 
 
 def make_sampler(config: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -222,28 +230,51 @@ def _say_once(console: Console | None) -> Callable[[str], None] | None:
     return say
 
 
-def build_objective(config: SearchConfig, data: ImageDataset, console: Console | None = None) -> SearchObjective:
-    """The trial objective, timing under the device lock and training in a shared slot of it."""
-    settings = ObjectiveSettings(
-        space=config.space, num_classes=data.num_classes, resolution=config.data.resolution or data.resolution,
-        budget_ms=config.budget_ms, budget_macs=config.budget_macs, pareto=config.pareto,
-        epochs=config.train.epochs, checkpoint_dir=config.out_dir / "trials", seed=config.seed,
-        study_name=config.study_name,
-    )
+def make_measure(config: SearchConfig, resolution: int, console: Console | None = None, *,
+                 fresh: bool = False) -> Callable[[torch.nn.Module], TrialCost]:
+    """A model's deploy cost as trials record it, timed under the device lock, through the latency cache.
+    ``fresh``: timed now whatever the cache holds (the cache is left as it is), with a warning when the
+    cache holds a timing of the same graph more than `DRIFT_FACTOR` away: the machine runs at another
+    speed than when the cache was filled, so cached timings of other models are not comparable."""
     cache = MeasureCache(config.cache_path)
-    latency = config.latency.replace(resolution=settings.resolution)
+    latency = config.latency.replace(resolution=resolution)
     lock = DeviceLock(config.device_lock, device=config.latency.device, on_wait=_say_once(console))
 
     def measure(model: torch.nn.Module) -> TrialCost:
         with lock.measuring():  # never while a training runs on this machine (searchspace.device_lock)
-            cost = measure_deploy_cost(model, latency, cache=cache)
+            cost = measure_deploy_cost(model, latency, cache=None if fresh else cache)
         assert cost.latency is not None
+        hit = cache.get(cost.arch_key, latency) if fresh else None
+        if hit is not None and console is not None:
+            ratio = cost.latency.median_ms / float(hit["median_ms"])
+            if not 1 / DRIFT_FACTOR <= ratio <= DRIFT_FACTOR:
+                console.log(f"[yellow]warning:[/yellow] this graph times {cost.latency.median_ms:.3f} ms now and "
+                            f"{float(hit['median_ms']):.3f} ms in the latency cache ({config.cache_path or 'default'}): "
+                            f"the machine runs {ratio:.2f}x as slow as when the cache was filled, so cached timings "
+                            "of other models are from another speed; give --cache a new file for this study")
         return TrialCost(
             latency_ms=cost.latency.median_ms, latency_spread_ms=cost.latency.max_ms - cost.latency.min_ms, macs=cost.macs,
             params_train=cost.params_train, params_deploy=cost.params_deploy, device=latency.device,
             runtime=cost.latency.runtime, runtime_version=cost.latency.runtime_version, load=cost.latency.load,
-            busy=cost.latency.busy,
+            busy=cost.latency.busy, noisy=cost.latency.noisy,
         )
+
+    return measure
+
+
+def build_objective(config: SearchConfig, data: ImageDataset, console: Console | None = None,
+                    reference: tuple[str, TrialCost] | None = None) -> SearchObjective:
+    """The trial objective, timing under the device lock and training in a shared slot of it.
+    ``reference``: the --budget-of baseline and the timing that is the budget (`searchspace.budget_of`)."""
+    settings = ObjectiveSettings(
+        space=config.space, num_classes=data.num_classes, resolution=config.data.resolution or data.resolution,
+        budget_ms=config.budget_ms, budget_macs=config.budget_macs, pareto=config.pareto,
+        epochs=config.train.epochs, checkpoint_dir=config.out_dir / "trials", seed=config.seed,
+        study_name=config.study_name, budget_reference=reference[0] if reference else None,
+        reference_cost=reference[1] if reference else None,
+    )
+    lock = DeviceLock(config.device_lock, device=config.latency.device, on_wait=_say_once(console))
+    measure = make_measure(config, settings.resolution, console)
 
     @functools.cache
     def data_on_device() -> ImageDataset:
@@ -273,6 +304,7 @@ def _best_value(study: optuna.Study) -> float | None:
     return max((r.accuracy for r in rows if r.accuracy is not None), default=None)
 
 
+DRIFT_FACTOR = 1.2  # a fresh timing this far from the cached one of the same graph: the machine's speed moved
 WORKERS_JOINED_ATTR = "workers_joined"  # study system attribute: worker processes that have opened the study
 VAL_IMAGES_ATTR = "val_images"  # study user attribute: size of the validation split trials are scored on
 CHANCE_MARGIN = 0.05  # a best accuracy within this of chance (1 / classes) is reported as noise
@@ -293,7 +325,8 @@ def write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int
         report.print_table(front, console)
         print_comparison(rows, console, num_classes=int(study.user_attrs.get("definition", {}).get("num_classes", 0))
                          or None, val_images=study.user_attrs.get(VAL_IMAGES_ATTR))
-    budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs}
+    budget = {"budget_ms": config.budget_ms, "budget_macs": config.budget_macs,
+              **({"budget_of": config.budget_of} if config.budget_of else {})}
     busy = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("latency_busy")]
     if busy:
         console.log(f"[yellow]warning:[/yellow] trials {busy} were timed on a busy machine: their latencies are "
@@ -302,7 +335,7 @@ def write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int
         for name in ("best.json", "best.pt", "best_deploy.pt"):  # never leave an earlier winner as this one
             (out / name).unlink(missing_ok=True)
         console.log(report.why_no_best(rows, config.budget_ms, config.budget_macs))
-        return SearchResult(config.study_name, out, finished, trained_trials, best, front)
+        return SearchResult(config.study_name, out, finished, trained_trials, best, front, config.budget_ms)
     classes = int(study.user_attrs.get("definition", {}).get("num_classes", 0)) or None
     warning = _chance_warning(best.accuracy, classes)
     checkpoint = resolve_checkpoint(out, best.checkpoint)
@@ -321,7 +354,7 @@ def write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int
         console.log(f"best: {best.label} accuracy {best.accuracy:.4f} at {best.latency_ms:.3f} ms -> {out / 'best.pt'}")
     if warning:
         console.log(f"[yellow]warning:[/yellow] {warning}")
-    return SearchResult(config.study_name, out, finished, trained_trials, best, front)
+    return SearchResult(config.study_name, out, finished, trained_trials, best, front, config.budget_ms)
 
 
 def resolve_checkpoint(out: Path, recorded: str | None) -> Path | None:

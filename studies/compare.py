@@ -16,6 +16,7 @@ from dataclasses import asdict
 import optuna
 
 from searchspace import SearchConfig, read_study_table, report
+from searchspace.budget_of import reference_cost
 from searchspace.storage import open_storage
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Data: {data.name} ({data.train_per_class or 'all'} train / {data.val_per_class or 'all'} val images per class), "
         f"{config.train.epochs} proxy epochs per trial, batch {config.train.batch_size}, optimizer {config.train.optimizer}, "
         f"lr {config.train.lr}.",
-        f"Budget: {config.budget_ms} ms deploy-form latency on {config.latency.device} "
+        f"Budget: {_budget_text(config, study)} deploy-form latency on {config.latency.device} "
         f"(batch {config.latency.batch}, {config.latency.threads} thread(s)); space `{config.space}`; "
         f"{len(rows)} trials: {', '.join(f'{n} {s}' for s, n in sorted(states.items()))}.",
         "FLOPs = fvcore multiply-accumulates of the deploy form at batch 1.",
@@ -74,3 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _budget_text(config: SearchConfig, study: optuna.Study) -> str:
+    reference = reference_cost(study) if config.budget_of else None
+    if reference is None:
+        return f"{config.budget_ms} ms"
+    return f"{reference[1].latency_ms:.3f} ms (the latency of {reference[0]}, timed when the search started)"

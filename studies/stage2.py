@@ -37,6 +37,7 @@ from dscnn.memory_format import choose_memory_format
 from dscnn.side_by_side import measure_side_by_side
 from dscnn.train import TrainConfig, TrainingDiverged, evaluate_accuracy, resolve_device, train_and_evaluate
 from searchspace import SearchConfig, open_storage
+from searchspace.budget_of import reference_cost
 from searchspace.device_lock import DeviceLock, TrainingSlot
 from searchspace.report import TrialRow, trained, trial_rows
 from studies import timing_drift
@@ -145,7 +146,8 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
     study = optuna.load_study(study_name=search.study_name, storage=open_storage(search.storage))
     rows = trial_rows(study)
     revision = git_revision()  # the code this stage runs (it may take hours; others commit meanwhile)
-    timed = select_candidates(rows, config.top_k, search.budget_ms, search.budget_macs)
+    stage1_budget_ms = _stage1_budget_ms(search, study)
+    timed = select_candidates(rows, config.top_k, stage1_budget_ms, search.budget_macs)
     if not any(not c.is_baseline for c in timed):
         raise StudyError("stage 2: the search has no trained feasible trial to compare")
     data = load_dataset(search.data)
@@ -153,8 +155,9 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
     runs.mkdir(parents=True, exist_ok=True)
     # cost first, as in stage 1: one side-by-side timing decides which baselines fit (and is the table's)
     latencies = _latencies(timed, search, out, data, console)
-    over = {c.label for c in timed if c.is_baseline and search.budget_ms is not None
-            and latencies["results"][c.label]["median_ms"] > search.budget_ms}
+    budget_ms = _side_by_side_budget_ms(search, stage1_budget_ms, latencies["results"], console)
+    over = {c.label for c in timed if c.is_baseline and budget_ms is not None
+            and latencies["results"][c.label]["median_ms"] > budget_ms}
     candidates = [c for c in timed if c.label not in over]
     excluded = excluded_baselines(rows, timed) + [
         {"label": label, "latency_ms": latencies["results"][label]["median_ms"], "timed": "side by side"}
@@ -192,15 +195,42 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
               for c in candidates}
     rows_out = [summary_row({"label": c.label, "trial": c.trial, "baseline": c.is_baseline, "arch": c.arch,
                              "stage1_val_accuracy": c.stage1_val_accuracy},
-                            stored[c.label], latencies["results"][c.label], search.budget_ms) for c in candidates]
+                            stored[c.label], latencies["results"][c.label], budget_ms) for c in candidates]
     rows_out.sort(key=lambda r: -(r["test_mean"] if r["test_mean"] is not None else -1.0))
-    summary = {"budget_ms": search.budget_ms, "seeds": list(config.seeds), "epochs": config.epochs,
+    summary = {"budget_ms": budget_ms, **({"budget_of": search.budget_of} if search.budget_of else {}),
+               "seeds": list(config.seeds), "epochs": config.epochs,
                "top_k": config.top_k, "recipe": dataclasses.asdict(recipe), "rows": rows_out,
                "excluded_baselines": excluded, "verdict": verdict(rows_out, excluded),
                "timing": {k: latencies.get(k) for k in ("slowdown", "slowdown_attempts", "slowed")}, "git": revision}
     _write_json(out / "stage2.json", summary)
     write_text_atomic(out / "stage2.md", markdown(summary) + "\n")
     return summary
+
+
+def _stage1_budget_ms(search: SearchConfig, study: optuna.Study) -> float | None:
+    """The latency budget stage 1 judged trials by: ``budget_ms``, or with ``budget_of`` the reference's
+    timing stored in the study (`searchspace.budget_of`)."""
+    if search.budget_of is None:
+        return search.budget_ms
+    reference = reference_cost(study)
+    if reference is None:
+        raise StudyError(f"stage 2: study {search.study_name!r} has no timing of its budget_of baseline "
+                         f"{search.budget_of!r}: was it searched with budget_of?")
+    return reference[1].latency_ms
+
+
+def _side_by_side_budget_ms(search: SearchConfig, stage1_budget_ms: float | None, results: dict[str, Any],
+                            console: Console) -> float | None:
+    """Which models fit, in the side-by-side timing: with ``budget_of``, no more than the reference's
+    latency in that same run (one machine state decides); else the absolute budget."""
+    if search.budget_of is None:
+        return search.budget_ms
+    if search.budget_of in results:
+        return float(results[search.budget_of]["median_ms"])
+    console.log(f"[yellow]warning:[/yellow] stage 2: the budget_of baseline {search.budget_of} is not in the "
+                f"side-by-side timing (its stage-1 trial did not finish): its stage-1 timing, "
+                f"{stage1_budget_ms:.3f} ms, is the budget")
+    return stage1_budget_ms
 
 
 def _eta(labels: list[str], seconds: dict[str, float]) -> str:

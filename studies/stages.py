@@ -36,7 +36,8 @@ def search(plan: StudyPlan, records: dict[str, Record], console: Console) -> Rec
         "study_name": config.study_name, "storage": config.storage, "out": str(config.out_dir),
         "best_trial": best.label, "best_accuracy": best.accuracy, "best_latency_ms": best.latency_ms,
         "best_macs": best.macs, "arch": json.loads(best.arch or "{}"), "finished_trials": result.finished_trials,
-        "budget_ms": config.budget_ms, "budget_macs": config.budget_macs, "device": config.latency.device,
+        "budget_ms": result.budget_ms, **({"budget_of": config.budget_of} if config.budget_of else {}),
+        "budget_macs": config.budget_macs, "device": config.latency.device,
         "threads": config.latency.threads,
     }
 

@@ -19,3 +19,6 @@ def _no_busy_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     import pruning.latency_table
 
     monkeypatch.setattr(pruning.latency_table, "BUSY_PAUSE_S", 0.0)
+    import searchspace.budget_of  # so is a --budget-of reference's (searchspace.budget_of)
+
+    monkeypatch.setattr(searchspace.budget_of, "REFERENCE_PAUSE_S", 0.0)

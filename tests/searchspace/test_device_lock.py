@@ -107,7 +107,7 @@ def test_search_objective_measures_exclusively_and_trains_shared(tmp_path: Path,
     def fake_measure(model: Any, settings: Any, cache: Any = None) -> Any:
         seen["measure: training could start"] = _free(lock_path, fcntl.LOCK_SH)
         timing = SimpleNamespace(median_ms=1.0, max_ms=1.0, min_ms=1.0, runtime="eager", runtime_version="",
-                                 load=None, busy=False)
+                                 load=None, busy=False, noisy=False)
         return SimpleNamespace(latency=timing, macs=1, params_train=1, params_deploy=1)
 
     def fake_train(model: Any, data: Any, config: Any, on_epoch: Any) -> Any:

@@ -16,6 +16,7 @@ import dscnn
 import studies.stage2 as stage2
 from dscnn.data import DataConfig
 from searchspace import SearchConfig, open_storage
+from searchspace.budget_of import BUDGET_OF_ATTR
 from searchspace.report import TrialRow
 from studies import timing_drift
 from studies.plan import StudyError
@@ -374,3 +375,31 @@ def test_runs_another_study_trained_under_the_same_key_are_reused_not_trained(
         run_stage2(search, dataclasses.replace(config, reuse_runs=(str(tmp_path / "nowhere"),)), tmp_path / "d")
     with pytest.raises(StudyError, match="reuse_runs must be a list"):
         Stage2Config(reuse_runs=("",))
+
+
+def test_with_budget_of_the_references_side_by_side_latency_decides_what_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    search = dataclasses.replace(_search(tmp_path), budget_ms=None, budget_of="fasternet_t0_w0.5",
+                                 baselines=("fasternet_t0_w0.5", "resnet20"))
+    study = optuna.load_study(study_name="s2", storage=open_storage(search.storage))
+    with pytest.raises(StudyError, match="no timing of its budget_of baseline"):
+        run_stage2(search, Stage2Config(top_k=2, seeds=(0, 1), epochs=1), tmp_path / "none")
+    study.set_user_attr(BUDGET_OF_ATTR, {"baseline": "fasternet_t0_w0.5", "cost": {
+        "latency_ms": 1.0, "latency_spread_ms": 0.0, "macs": 1.0, "params_train": 1, "params_deploy": 1, "device": "cpu"}})
+    arch = dscnn.create_model("resnet20", num_classes=10, resolution=32, depth=8, widths=(8, 4, 8)).config
+    study.add_trial(optuna.trial.create_trial(value=0.1, user_attrs={
+        "arch": arch.to_json(), "family": arch.family, "feasible": True, "latency_ms": 0.9, "macs": 1,
+        "accuracy": 0.1, "baseline": "resnet20"}))  # fit the stage-1 timing, the reference's
+    real = stage2.measure_side_by_side
+    slow_day = {"fasternet_t0_w0.5": 2.0, "resnet20": 2.1, "trial 1": 1.9, "trial 2": 2.2}  # all about 2x stage 1
+
+    def machine(models: dict[str, Any], settings: Any, **kw: Any) -> Any:
+        return {k: dataclasses.replace(v, median_ms=slow_day[k]) for k, v in real(models, settings, **kw).items()}
+
+    monkeypatch.setattr(stage2, "measure_side_by_side", machine)
+    summary = run_stage2(search, Stage2Config(top_k=2, seeds=(0, 1), epochs=1), tmp_path / "stage2")
+    assert summary["budget_ms"] == 2.0 and summary["budget_of"] == "fasternet_t0_w0.5"
+    assert {r["label"]: r["fits"] for r in summary["rows"]} == {"fasternet_t0_w0.5": True, "trial 1": True,
+                                                                "trial 2": False}
+    assert summary["excluded_baselines"] == [{"label": "resnet20", "latency_ms": 2.1, "timed": "side by side"}]

@@ -1,0 +1,157 @@
+"""--budget-of: the latency budget is a baseline's deploy latency, timed once when the study starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+import pytest
+
+import search
+import searchspace.budget_of
+from searchspace.budget_of import BUDGET_OF_ATTR, reference_cost, resolve_budget
+from searchspace.config import InvalidSetting
+from searchspace.identity import SearchError
+from searchspace.objective import TrialCost
+from searchspace.run import run_search
+from tests.searchspace.tiny import load_study, tiny_search_config
+
+REFERENCE = "fasternet_t0_w0.5"  # the smallest baseline: cheap to time and to train
+
+
+def _cost(latency_ms: float, *, busy: bool = False, noisy: bool = False) -> TrialCost:
+    return TrialCost(latency_ms=latency_ms, latency_spread_ms=0.0, macs=1, params_train=1, params_deploy=1,
+                     device="cpu", busy=busy, noisy=noisy)
+
+
+class _Timings:
+    """A stand-in for the device: answers the given costs in turn and counts the timings."""
+
+    def __init__(self, *costs: TrialCost) -> None:
+        self.costs, self.calls = list(costs), 0
+
+    def __call__(self, model: object) -> TrialCost:
+        self.calls += 1
+        return self.costs.pop(0)
+
+
+def _resolve(tmp_path: Path, timings: _Timings, study: optuna.Study, said: list[str] | None = None,
+             baseline: str = REFERENCE) -> float | None:
+    config = tiny_search_config(tmp_path, study_name="b", trials=2, baselines=(baseline,), budget_of=baseline)
+    resolved = resolve_budget(config, study, timings, num_classes=10, resolution=32,
+                              say=(said if said is not None else []).append)
+    assert resolved.budget_of == baseline
+    return resolved.budget_ms
+
+
+def test_the_reference_is_timed_once_and_every_later_worker_reads_that_timing(tmp_path: Path) -> None:
+    study = optuna.create_study()
+    timings = _Timings(_cost(1.25))
+    assert _resolve(tmp_path, timings, study) == 1.25
+    assert _resolve(tmp_path, timings, study) == 1.25  # a resumed or second worker: no new timing
+    assert timings.calls == 1
+    name, cost = reference_cost(study) or ("", None)
+    assert name == REFERENCE and cost is not None and cost.latency_ms == 1.25
+
+
+def test_a_busy_reference_timing_is_retried_and_a_quiet_one_taken(tmp_path: Path) -> None:
+    study, said = optuna.create_study(), list[str]()
+    timings = _Timings(_cost(0.5, busy=True), _cost(1.0))
+    assert _resolve(tmp_path, timings, study, said) == 1.0
+    assert timings.calls == 2 and "busy machine; timing again" in said[0]
+
+
+def test_a_budget_from_a_busy_machine_only_is_refused_and_nothing_stored(tmp_path: Path) -> None:
+    study = optuna.create_study()
+    timings = _Timings(*[_cost(1.0, busy=True)] * searchspace.budget_of.REFERENCE_RETRIES)
+    with pytest.raises(SearchError, match="busy in all 3 timings"):
+        _resolve(tmp_path, timings, study)
+    assert BUDGET_OF_ATTR not in study.user_attrs
+
+
+def test_noisy_reference_timings_give_the_fastest_with_a_warning(tmp_path: Path) -> None:
+    study, said = optuna.create_study(), list[str]()
+    timings = _Timings(_cost(1.4, noisy=True), _cost(1.1, noisy=True), _cost(1.3, noisy=True))
+    assert _resolve(tmp_path, timings, study, said) == 1.1
+    assert any("noisy in all 3 tries" in s for s in said)
+
+
+def test_a_study_with_another_reference_is_refused(tmp_path: Path) -> None:
+    study = optuna.create_study()
+    _resolve(tmp_path, _Timings(_cost(1.0)), study)
+    with pytest.raises(SearchError, match="has the latency budget of 'fasternet_t0_w0.5', not 'resnet20'"):
+        _resolve(tmp_path, _Timings(_cost(2.0)), study, baseline="resnet20")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--budget-ms", "2", "--budget-of", "resnet20"], "--budget-ms and --budget-of: give one"),
+    (["--budget-of", "vgg16"], "invalid choice: 'vgg16'"),
+    (["--budget-of", "resnet20", "--baselines", "dscnn_t0"], "must be one of the baselines the study trains"),
+])
+def test_bad_budget_of_flags_are_one_line_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        search.config_from_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_config_refuses_a_reference_the_study_does_not_train(tmp_path: Path) -> None:
+    with pytest.raises(InvalidSetting, match="budget_of"):
+        tiny_search_config(tmp_path, study_name="b", trials=2, baselines=(), budget_of="resnet20")
+
+
+def test_a_search_judges_every_trial_by_the_references_timing_and_resumes_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_search_config(tmp_path, study_name="rel", trials=3, baselines=(REFERENCE,), budget_of=REFERENCE,
+                                budget_macs=None)
+    result = run_search(config, show_progress=False)
+    study = load_study(config)
+    name, reference = reference_cost(study) or ("", None)
+    assert name == REFERENCE and reference is not None
+    assert result.budget_ms == reference.latency_ms
+    first = study.trials[0]
+    assert first.user_attrs["baseline"] == REFERENCE  # the reference runs first ...
+    assert first.user_attrs["latency_ms"] == reference.latency_ms and first.user_attrs["feasible"] is True  # ... at it
+    for t in study.trials[1:]:
+        assert t.user_attrs["feasible"] == (t.user_attrs["latency_ms"] <= reference.latency_ms)
+    assert study.user_attrs["definition"]["budget_ms"] is None
+    assert study.user_attrs["definition"]["budget_of"] == REFERENCE
+
+    def no_timing(*args: object) -> TrialCost:
+        raise AssertionError("the reference was timed again on resume")
+
+    monkeypatch.setattr(searchspace.budget_of, "_trusted_timing", no_timing)
+    again = run_search(dataclasses.replace(config, trials=4), show_progress=False)
+    assert again.budget_ms == reference.latency_ms and len(load_study(config).trials) == 4
+    with pytest.raises(SearchError):  # an absolute budget is another study
+        run_search(dataclasses.replace(config, budget_of=None, budget_ms=reference.latency_ms, trials=5),
+                   show_progress=False)
+
+
+def test_the_reference_is_timed_afresh_and_a_cache_from_another_speed_is_named(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    import dscnn
+    from dscnn.cost import measure_deploy_cost
+    from dscnn.measure_cache import MeasureCache
+    from searchspace.baselines import get_baseline
+    from searchspace.run import make_measure
+
+    config = tiny_search_config(tmp_path, study_name="f", trials=2, baselines=(REFERENCE,), budget_of=REFERENCE)
+    model = dscnn.build_model(get_baseline(REFERENCE).config(num_classes=10, resolution=32))
+    settings = config.latency.replace(resolution=32)
+    cache = MeasureCache(config.cache_path)
+    cached = measure_deploy_cost(model, settings, cache=cache)
+    assert cached.latency is not None
+    stale = {**cached.latency.to_dict(), "median_ms": 50 * cached.latency.median_ms}  # a far slower day's number
+    cache.put(cached.arch_key, settings, stale)
+    out = io.StringIO()
+    fresh = make_measure(config, 32, Console(file=out, width=400), fresh=True)(model)
+    assert fresh.latency_ms < 10 * cached.latency.median_ms  # timed now, not read from the cache
+    assert "in the latency cache" in out.getvalue() and "give --cache a new file" in out.getvalue()
+    left = cache.get(cached.arch_key, settings)
+    assert left is not None and left["median_ms"] == stale["median_ms"]  # the cache is left as it was
