@@ -47,6 +47,10 @@ def resolve_budget(config: SearchConfig, study: optuna.Study, measure: Callable[
     if stored is None:
         model = dscnn.build_model(get_baseline(config.budget_of).config(num_classes=num_classes, resolution=resolution))
         cost = _trusted_timing(model, measure, config.budget_of, say)
+        if config.budget_macs is not None and cost.macs > config.budget_macs:
+            raise SearchError(f"--budget-of {config.budget_of} has {cost.macs / 1e6:.1f}M MACs, over --budget-flops "
+                              f"{config.budget_macs / 1e6:.1f}M: the model that defines the latency budget would be "
+                              "infeasible itself; raise --budget-flops or take another --budget-of")
         stored = {"baseline": config.budget_of, "cost": dataclasses.asdict(cost)}
         study.set_user_attr(BUDGET_OF_ATTR, stored)
         say(f"latency budget: {config.budget_of} times {cost.latency_ms:.3f} ms on {cost.device} ({cost.runtime})")

@@ -116,6 +116,15 @@ class SearchConfig:
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/{self.study_name}")
 
+    @property
+    def latency_cache(self) -> Path | None:
+        """The latency cache trials use: ``cache_path``; with ``budget_of`` and none given, one of this
+        study's own (``<out>/latency.sqlite``), so no trial is judged by a timing from a day the machine
+        ran at another speed than the fresh timing that made the budget; None = the shared default."""
+        if self.cache_path:
+            return Path(self.cache_path)
+        return self.out_dir / "latency.sqlite" if self.budget_of else None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -162,8 +171,9 @@ DEVICES = ("auto", "cpu", "cuda")
 #: every flat setting (a ``search.py`` flag, underscored = a study-file key), in help order
 SETTINGS: dict[str, Setting] = {
     "budget_ms": _s("", "budget_ms", float, "budget", "hard latency budget of the deploy form, ms (batch --latency-batch)"),
-    "budget_of": _s("", "budget_of", str, "budget", "the budget is this baseline's deploy latency, timed on the "
-                    "target when the study starts (instead of --budget-ms: the same line on a slower or faster day)",
+    "budget_of": _s("", "budget_of", str, "budget", "instead of --budget-ms: the budget is this baseline's deploy "
+                    "latency on --device, timed once when the study is created and stored (resumes and other "
+                    "workers use that number); one of --baselines",
                     tuple(BASELINES)),
     "budget_flops": _s("*", "budget_macs", str, "budget", "hard budget on deploy MACs, e.g. 0.3G or 300M"),
     "dataset": _s("data", "name", str, "data", "data set (embedded: a CIFAR-10 subset shipped inside)", DATASETS),
@@ -196,7 +206,8 @@ SETTINGS: dict[str, Setting] = {
     "latency_batch": _s("latency", "batch", int, "device and measurement", "batch size of the latency measurement"),
     "threads": _s("latency", "threads", int, "device and measurement", "CPU threads during latency measurement"),
     "cache": _s("", "cache_path", str, "device and measurement",
-                "latency cache file (None: latency.sqlite in $REPNAS_CACHE or ~/.cache/repnas)"),
+                "latency cache file (None: latency.sqlite in $REPNAS_CACHE or ~/.cache/repnas; with --budget-of, "
+                "<out>/latency.sqlite)"),
     "device_lock": _s("", "device_lock", str, "device and measurement", "lock file shared by measurements on this machine"),
     "storage": _s("", "storage", str, "storage and outputs", "journal file or RDB URL; processes sharing it share the study"),
     "study_name": _s("", "study_name", str, "storage and outputs", "study name in the storage"),

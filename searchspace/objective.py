@@ -179,7 +179,7 @@ class SearchObjective:
             "latency_ms": cost.latency_ms, "latency_spread_ms": cost.latency_spread_ms, "macs": cost.macs,
             "params_train": cost.params_train, "params_deploy": cost.params_deploy,
             "device": cost.device, "runtime": cost.runtime, "runtime_version": cost.runtime_version,
-            "latency_load": cost.load, "latency_busy": cost.busy,
+            "latency_load": cost.load, "latency_busy": cost.busy, "latency_noisy": cost.noisy,
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)

@@ -37,7 +37,14 @@ from searchspace.budget_of import reference_cost, resolve_budget
 from searchspace.comparison import print_comparison
 from searchspace.config import SearchConfig
 from searchspace.device_lock import DeviceLock
-from searchspace.identity import SearchError, check_definition, check_paths, claim_output_folder, definition
+from searchspace.identity import (
+    DEFINITION_ATTR,
+    SearchError,
+    check_definition,
+    check_paths,
+    claim_output_folder,
+    definition,
+)
 from searchspace.objective import BASELINE_ATTR, ObjectiveSettings, SearchObjective, TrialCost
 from searchspace.progress import SearchProgress
 from searchspace.quota import BoundedStudy, StudyFull, ask_lock_path, requeue_lost_trials
@@ -138,14 +145,17 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
     study = open_study(config)
     with study.locked():  # two workers starting together must not both enqueue the baselines
         is_new = not study.trials
-        check_definition(study, definition(config, data.num_classes, resolution), config)
+        wanted = definition(config, data.num_classes, resolution)
+        if DEFINITION_ATTR in study.user_attrs:
+            check_definition(study, wanted, config)  # a mismatch is refused before anything is timed or stored
+        if config.budget_of:  # timed afresh (the budget is today's speed, not the cache's), before anything is written
+            config = resolve_budget(config, study, make_measure(config, resolution, console, fresh=True),
+                                    data.num_classes, resolution, say=console.log)
+        check_definition(study, wanted, config)
         claim_output_folder(config, is_new)
         orphans = fail_orphaned_trials(study)
         requeued = requeue_lost_trials(study)
         joined = join_study(study, config)
-        # timed afresh: the budget is today's speed of the machine, not the cache's
-        config = resolve_budget(config, study, make_measure(config, resolution, console, fresh=True),
-                                data.num_classes, resolution, say=console.log)
         if is_new:
             study.set_user_attr(VAL_IMAGES_ATTR, int(data.split("val")[1].numel()))  # the verdict's noise level
             # the budget's reference first: the line it draws is known before any trial is judged by it
@@ -236,7 +246,7 @@ def make_measure(config: SearchConfig, resolution: int, console: Console | None 
     ``fresh``: timed now whatever the cache holds (the cache is left as it is), with a warning when the
     cache holds a timing of the same graph more than `DRIFT_FACTOR` away: the machine runs at another
     speed than when the cache was filled, so cached timings of other models are not comparable."""
-    cache = MeasureCache(config.cache_path)
+    cache = MeasureCache(config.latency_cache)
     latency = config.latency.replace(resolution=resolution)
     lock = DeviceLock(config.device_lock, device=config.latency.device, on_wait=_say_once(console))
 
@@ -249,7 +259,7 @@ def make_measure(config: SearchConfig, resolution: int, console: Console | None 
             ratio = cost.latency.median_ms / float(hit["median_ms"])
             if not 1 / DRIFT_FACTOR <= ratio <= DRIFT_FACTOR:
                 console.log(f"[yellow]warning:[/yellow] this graph times {cost.latency.median_ms:.3f} ms now and "
-                            f"{float(hit['median_ms']):.3f} ms in the latency cache ({config.cache_path or 'default'}): "
+                            f"{float(hit['median_ms']):.3f} ms in the latency cache ({cache.path}): "
                             f"the machine runs {ratio:.2f}x as slow as when the cache was filled, so cached timings "
                             "of other models are from another speed; give --cache a new file for this study")
         return TrialCost(

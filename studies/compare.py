@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _budget_text(config: SearchConfig, study: optuna.Study) -> str:
     reference = reference_cost(study) if config.budget_of else None
-    if reference is None:
-        return f"{config.budget_ms} ms"
-    return f"{reference[1].latency_ms:.3f} ms (the latency of {reference[0]}, timed when the search started)"
+    if reference is not None:
+        return f"{reference[1].latency_ms:.3f} ms (the latency of {reference[0]}, timed when the search started)"
+    return "no" if config.budget_ms is None else f"{config.budget_ms} ms"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -227,9 +227,9 @@ def _side_by_side_budget_ms(search: SearchConfig, stage1_budget_ms: float | None
         return search.budget_ms
     if search.budget_of in results:
         return float(results[search.budget_of]["median_ms"])
-    console.log(f"[yellow]warning:[/yellow] stage 2: the budget_of baseline {search.budget_of} is not in the "
-                f"side-by-side timing (its stage-1 trial did not finish): its stage-1 timing, "
-                f"{stage1_budget_ms:.3f} ms, is the budget")
+    console.log(f"[yellow]warning:[/yellow] stage 2: the budget_of baseline {search.budget_of} is not a stage-2 "
+                f"candidate (its stage-1 trial did not train), so not in the side-by-side timing: its timing when "
+                f"the search started, {stage1_budget_ms} ms, is the budget")
     return stage1_budget_ms
 
 

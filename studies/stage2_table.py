@@ -174,8 +174,9 @@ def _equal_latency_line(entries: list[dict[str, Any]]) -> str:
         head = f"{e['baseline']} ({e['baseline_latency_ms']:.3f} ms): "
         if e["searched"] is None:
             return head + "none as fast"
-        return head + (f"{e['searched']} {e['gain_points']:+.2f} at {e['latency_ratio']:.2f}x"
-                       + (" (goal met)" if e["met"] else ""))
+        beyond = "beyond" if abs(e["gain_points"]) > e["noise_points"] else "within"
+        return head + (f"{e['searched']} {e['gain_points']:+.2f} at {e['latency_ratio']:.2f}x "
+                       f"({beyond} the +/-{e['noise_points']:.2f} test noise" + ("; goal met)" if e["met"] else ")"))
     return ("At equal latency (the best searched model by validation at no more than each baseline's measured "
             "latency): " + "; ".join(one(e) for e in entries) + ".")
 

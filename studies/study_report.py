@@ -246,8 +246,11 @@ def _stage2_section(plan: StudyPlan, stage2: Record) -> list[str]:
 def _budget(search: Record) -> str:
     parts = []
     if search.get("budget_ms") is not None:
-        of = f" (the latency of {search['budget_of']}, timed when the search started)" if search.get("budget_of") else ""
-        parts.append(f"{search['budget_ms']:.4g} ms{of}")
+        if search.get("budget_of"):
+            parts.append(f"{search['budget_ms']:.3f} ms (the latency of {search['budget_of']}, timed when the "
+                         "search started)")
+        else:
+            parts.append(f"{search['budget_ms']} ms")
     if search.get("budget_macs") is not None:
         parts.append(f"{format_macs(search['budget_macs'])} MACs")
     return " and ".join(parts) or "none (accuracy only)"

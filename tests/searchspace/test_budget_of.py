@@ -8,8 +8,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+import dscnn
 import search
 import searchspace.budget_of
+from searchspace import SearchConfig
+from searchspace.baselines import get_baseline
 from searchspace.budget_of import BUDGET_OF_ATTR, reference_cost, resolve_budget
 from searchspace.config import InvalidSetting
 from searchspace.identity import SearchError
@@ -101,16 +104,32 @@ def test_the_config_refuses_a_reference_the_study_does_not_train(tmp_path: Path)
         tiny_search_config(tmp_path, study_name="b", trials=2, baselines=(), budget_of="resnet20")
 
 
+def _stale_cache_entry(config: SearchConfig) -> float:
+    """Puts a timing 50x the real one of the reference's deploy form in ``config``'s cache; returns it."""
+    from dscnn.cost import measure_deploy_cost
+    from dscnn.measure_cache import MeasureCache
+
+    model = dscnn.build_model(get_baseline(REFERENCE).config(num_classes=10, resolution=32))
+    settings = config.latency.replace(resolution=32)
+    cache = MeasureCache(config.cache_path)
+    cached = measure_deploy_cost(model, settings, cache=cache)
+    assert cached.latency is not None
+    stale = 50 * cached.latency.median_ms
+    cache.put(cached.arch_key, settings, {**cached.latency.to_dict(), "median_ms": stale})
+    return stale
+
+
 def test_a_search_judges_every_trial_by_the_references_timing_and_resumes_with_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tiny_search_config(tmp_path, study_name="rel", trials=3, baselines=(REFERENCE,), budget_of=REFERENCE,
-                                budget_macs=None)
+    config = tiny_search_config(tmp_path, study_name="rel", trials=3, baselines=("resnet20", REFERENCE),
+                                budget_of=REFERENCE, budget_macs=None)
+    stale = _stale_cache_entry(config)  # from a day the machine ran 50x slower: not the budget
     result = run_search(config, show_progress=False)
     study = load_study(config)
     name, reference = reference_cost(study) or ("", None)
     assert name == REFERENCE and reference is not None
-    assert result.budget_ms == reference.latency_ms
+    assert result.budget_ms == reference.latency_ms and reference.latency_ms < stale / 10
     first = study.trials[0]
     assert first.user_attrs["baseline"] == REFERENCE  # the reference runs first ...
     assert first.user_attrs["latency_ms"] == reference.latency_ms and first.user_attrs["feasible"] is True  # ... at it
@@ -125,7 +144,7 @@ def test_a_search_judges_every_trial_by_the_references_timing_and_resumes_with_i
     monkeypatch.setattr(searchspace.budget_of, "_trusted_timing", no_timing)
     again = run_search(dataclasses.replace(config, trials=4), show_progress=False)
     assert again.budget_ms == reference.latency_ms and len(load_study(config).trials) == 4
-    with pytest.raises(SearchError):  # an absolute budget is another study
+    with pytest.raises(SearchError, match="was defined with budget_ms=None"):  # an absolute budget: another study
         run_search(dataclasses.replace(config, budget_of=None, budget_ms=reference.latency_ms, trials=5),
                    show_progress=False)
 
@@ -135,10 +154,8 @@ def test_the_reference_is_timed_afresh_and_a_cache_from_another_speed_is_named(t
 
     from rich.console import Console
 
-    import dscnn
     from dscnn.cost import measure_deploy_cost
     from dscnn.measure_cache import MeasureCache
-    from searchspace.baselines import get_baseline
     from searchspace.run import make_measure
 
     config = tiny_search_config(tmp_path, study_name="f", trials=2, baselines=(REFERENCE,), budget_of=REFERENCE)
@@ -155,3 +172,37 @@ def test_the_reference_is_timed_afresh_and_a_cache_from_another_speed_is_named(t
     assert "in the latency cache" in out.getvalue() and "give --cache a new file" in out.getvalue()
     left = cache.get(cached.arch_key, settings)
     assert left is not None and left["median_ms"] == stale["median_ms"]  # the cache is left as it was
+
+
+def test_a_failed_reference_timing_leaves_the_study_unwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def busy(*args: object) -> TrialCost:
+        raise SearchError("the machine was busy in all 3 timings")
+
+    monkeypatch.setattr(searchspace.budget_of, "_trusted_timing", busy)
+    config = tiny_search_config(tmp_path, study_name="u", trials=1, baselines=(REFERENCE,), budget_of=REFERENCE)
+    with pytest.raises(SearchError, match="busy"):
+        run_search(config, show_progress=False)
+    study = load_study(config)
+    assert study.user_attrs == {} and not study.trials
+    assert study._storage.get_study_system_attrs(study._study_id) == {}  # no worker joined
+    assert not (config.out_dir / "study.json").exists()  # the folder is not claimed either
+    again = run_search(dataclasses.replace(config, budget_of=None, budget_ms=1e6, baselines=()), show_progress=False)
+    assert again.finished_trials == 1  # the same name takes another budget: nothing was bound to the first
+
+
+def test_a_reference_over_the_macs_budget_is_refused(tmp_path: Path) -> None:
+    study = optuna.create_study()
+    config = tiny_search_config(tmp_path, study_name="m", trials=2, baselines=(REFERENCE,), budget_of=REFERENCE,
+                                budget_macs=1e3)
+    with pytest.raises(SearchError, match="over --budget-flops"):
+        resolve_budget(config, study, _Timings(dataclasses.replace(_cost(1.0), macs=10**9)), num_classes=10, resolution=32,
+                       say=print)
+    assert BUDGET_OF_ATTR not in study.user_attrs
+
+
+def test_with_budget_of_trials_use_a_latency_cache_of_the_studys_own(tmp_path: Path) -> None:
+    config = tiny_search_config(tmp_path, study_name="c", trials=2, baselines=(REFERENCE,), budget_of=REFERENCE,
+                                cache_path=None)
+    assert config.latency_cache == config.out_dir / "latency.sqlite"
+    assert dataclasses.replace(config, budget_of=None, budget_ms=1.0).latency_cache is None  # the shared default
+    assert dataclasses.replace(config, cache_path=str(tmp_path / "x.sqlite")).latency_cache == tmp_path / "x.sqlite"

@@ -35,11 +35,15 @@ def test_each_fitting_baseline_meets_the_best_searched_model_by_validation_at_it
     assert not v["goal_met"]  # the main verdict still takes the winner against the strongest fitting baseline
 
 
-def test_a_gain_below_a_point_at_equal_latency_is_not_met() -> None:
+def test_a_gain_below_a_point_at_equal_latency_is_not_met_and_exactly_equal_latency_counts() -> None:
     rows = [_srow("trial 1", baseline=False, val=0.7, test=0.709, latency=1.9, trial=1),
             _srow("resnet20", baseline=True, val=0.5, test=0.700, latency=2.0)]
     (entry,) = verdict(rows)["equal_latency"]
     assert entry["gain_points"] == 0.9 and not entry["met"]
+    rows.append(_srow("trial 2", baseline=False, val=0.8, test=0.720, latency=2.0, trial=2))  # at its latency
+    rows.append(_srow("trial 3", baseline=False, val=0.8, test=0.730, latency=1.0, trial=3))  # a validation tie
+    (entry,) = verdict(rows)["equal_latency"]
+    assert entry["searched"] == "trial 2" and entry["met"]  # no slower than it; ties go to the lower trial
 
 
 def test_the_table_states_the_view_and_a_summary_stored_before_it_renders_as_it_did() -> None:
@@ -47,7 +51,8 @@ def test_the_table_states_the_view_and_a_summary_stored_before_it_renders_as_it_
     v = verdict(rows)
     text = markdown({"seeds": [0, 1], "epochs": 8, "rows": rows, "verdict": v})
     line = next(x for x in text.splitlines() if x.startswith("At equal latency"))
-    assert "resnet20 (2.000 ms): trial 2 +2.00 at 0.75x (goal met)" in line
+    assert "resnet20 (2.000 ms): trial 2 +2.00 at 0.75x (beyond the +/-1.28 test noise; goal met)" in line
+    assert "fasternet_t0 (4.000 ms): trial 1 +1.00 at 0.75x (within the +/-1.30 test noise; goal met)" in line
     assert "dscnn_t0_w0.5 (1.000 ms): none as fast" in line
     old = {k: val for k, val in v.items() if k != "equal_latency"}
     before = markdown({"seeds": [0, 1], "epochs": 8, "rows": rows, "verdict": old})
