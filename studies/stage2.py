@@ -65,6 +65,10 @@ class Stage2Config:
     # other studies' stage-2 runs folders: a run stored there under the same key (architecture, seed, recipe,
     # data) is copied, with where it came from, instead of trained again (training is deterministic)
     reuse_runs: tuple[str, ...] = ()
+    # interleaved repeats of the side-by-side timing (each model's median over them is its latency): which
+    # models fit is decided here, and on a shared CPU 3 repeats let one disturbed repeat swap two models 10%
+    # apart; a repeat costs about a second per model, nothing beside the trainings
+    timing_repeats: int = 15
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -73,6 +77,8 @@ class Stage2Config:
             raise StudyError(f"[stage2] reuse_runs must be a list of folder paths, got {list(self.reuse_runs)}")
         if self.top_k < 1 or self.epochs < 1:
             raise StudyError(f"[stage2] top_k and epochs must be >= 1, got {self.top_k}, {self.epochs}")
+        if isinstance(self.timing_repeats, bool) or not isinstance(self.timing_repeats, int) or self.timing_repeats < 1:
+            raise StudyError(f"[stage2] timing_repeats must be an integer >= 1, got {self.timing_repeats!r}")
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise StudyError(f"[stage2] seeds: at least two different seeds (a spread needs two), got {self.seeds}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
@@ -154,7 +160,7 @@ def run_stage2(search: SearchConfig, config: Stage2Config, out: Path, console: C
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     # cost first, as in stage 1: one side-by-side timing decides which baselines fit (and is the table's)
-    latencies = _latencies(timed, search, out, data, console)
+    latencies = _latencies(timed, search, out, data, console, config.timing_repeats)
     budget_ms = _side_by_side_budget_ms(search, stage1_budget_ms, latencies["results"], console)
     over = {c.label for c in timed if c.is_baseline and budget_ms is not None
             and latencies["results"][c.label]["median_ms"] > budget_ms}
@@ -296,14 +302,14 @@ def _train_one(candidate: Candidate, seed: int, recipe: TrainConfig, data: Image
 
 
 def _latencies(candidates: list[Candidate], search: SearchConfig, out: Path, data: ImageDataset,
-               console: Console) -> dict[str, Any]:
+               console: Console, repeats: int) -> dict[str, Any]:
     """Every candidate's deploy form timed side by side in one run; stored, and reused by a resumed
     stage only for the same candidates and settings, and only when no entry was measured on a busy
     machine and the run was not slowed as a whole. A run slower as a whole than stage 1 (`slowed`)
     is timed again (`timing_drift.least_slowed`); the least slowed is kept."""
     path = out / "latency.json"
     resolution = search.data.resolution or data.resolution
-    settings = search.latency.replace(resolution=resolution)
+    settings = search.latency.replace(resolution=resolution, repeats=repeats)
     key = as_stored({"settings": settings.to_dict(), "archs": {c.label: c.arch_hash for c in candidates}})
     if path.is_file():
         stored = dict(json.loads(path.read_text()))

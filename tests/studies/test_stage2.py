@@ -330,6 +330,8 @@ def test_the_stored_timing_and_layout_are_kept_only_for_the_same_settings(tmp_pa
     run_stage2(search, config, out)
     assert {json.loads(p.read_text())["memory_format"] for p in (out / "runs").glob("*.json")} == {"contiguous"}
     doc = json.loads((out / "latency.json").read_text())
+    assert doc["settings"]["repeats"] == 15 and search.latency.repeats == 1  # the fit decision: more than stage 1's
+    assert all(len(r["repeat_medians_ms"]) == 15 for r in doc["results"].values())
     for r in doc["results"].values():
         r["median_ms"] = 123.0
     (out / "latency.json").write_text(json.dumps(doc))
@@ -338,6 +340,14 @@ def test_the_stored_timing_and_layout_are_kept_only_for_the_same_settings(tmp_pa
     other = dataclasses.replace(search, latency=search.latency.replace(runs=search.latency.runs + 1))
     again = run_stage2(other, config, out)
     assert all(r["latency_ms"] != 123.0 for r in again["rows"])  # other settings: timed again
+    for r in doc["results"].values():
+        r["median_ms"] = 123.0
+    (out / "latency.json").write_text(json.dumps(doc))
+    fewer = run_stage2(search, dataclasses.replace(config, timing_repeats=5), out)
+    assert all(r["latency_ms"] != 123.0 for r in fewer["rows"])  # other repeats: timed again
+    assert json.loads((out / "latency.json").read_text())["settings"]["repeats"] == 5
+    with pytest.raises(StudyError, match="timing_repeats must be an integer >= 1"):
+        Stage2Config(timing_repeats=0)
 
 
 def test_one_finished_seed_has_no_spread_to_claim_and_an_exact_point_meets_the_goal() -> None:
