@@ -9,7 +9,6 @@ import optuna
 import pytest
 
 import dscnn
-import search
 import searchspace.budget_of
 from searchspace import SearchConfig
 from searchspace.baselines import get_baseline
@@ -85,18 +84,6 @@ def test_a_study_with_another_reference_is_refused(tmp_path: Path) -> None:
     _resolve(tmp_path, _Timings(_cost(1.0)), study)
     with pytest.raises(SearchError, match="has the latency budget of 'fasternet_t0_w0.5', not 'resnet20'"):
         _resolve(tmp_path, _Timings(_cost(2.0)), study, baseline="resnet20")
-
-
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--budget-ms", "2", "--budget-of", "resnet20"], "--budget-ms and --budget-of: give one"),
-    (["--budget-of", "vgg16"], "invalid choice: 'vgg16'"),
-    (["--budget-of", "resnet20", "--baselines", "dscnn_t0"], "must be one of the baselines the study trains"),
-])
-def test_bad_budget_of_flags_are_one_line_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        search.config_from_args(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
 
 
 def test_the_config_refuses_a_reference_the_study_does_not_train(tmp_path: Path) -> None:

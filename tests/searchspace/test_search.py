@@ -110,6 +110,9 @@ def test_orphaned_running_trial_is_failed(tmp_path: Path) -> None:
         (["--space", "nope"], "invalid choice: 'nope'"),
         (["--trials", "0"], "--trials must be >= 1"),
         (["--study", "/nonexistent.toml"], "no such file"),
+        (["--budget-ms", "2", "--budget-of", "resnet20"], "--budget-ms and --budget-of: give one"),
+        (["--budget-of", "vgg16"], "invalid choice: 'vgg16'"),
+        (["--budget-of", "resnet20", "--baselines", "dscnn_t0"], "must be one of the baselines the study trains"),
     ],
 )
 def test_bad_flags_are_rejected_clearly(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
