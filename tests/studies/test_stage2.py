@@ -408,6 +408,7 @@ def test_with_budget_of_the_references_side_by_side_latency_decides_what_fits(
         return {k: dataclasses.replace(v, median_ms=slow_day[k]) for k, v in real(models, settings, **kw).items()}
 
     monkeypatch.setattr(stage2, "measure_side_by_side", machine)
+    monkeypatch.setattr(timing_drift, "TIMING_PAUSE_S", 0.0)  # the 2x day is retried as a slowed run: no waiting
     summary = run_stage2(search, Stage2Config(top_k=2, seeds=(0, 1), epochs=1), tmp_path / "stage2")
     assert summary["budget_ms"] == 2.0 and summary["budget_of"] == "fasternet_t0_w0.5"
     assert {r["label"]: r["fits"] for r in summary["rows"]} == {"fasternet_t0_w0.5": True, "trial 1": True,
