@@ -104,8 +104,10 @@ def write_best_json(path: Path, best: TrialRow, budget: dict[str, Any], warning:
     write_text_atomic(path, json.dumps(data, indent=2))
 
 
-def why_no_best(rows: list[TrialRow], budget_ms: float | None, budget_macs: float | None) -> str:
-    """What went wrong when no feasible trial finished training, and what to change."""
+def why_no_best(rows: list[TrialRow], budget_ms: float | None, budget_macs: float | None,
+                budget_of: str | None = None) -> str:
+    """What went wrong when no feasible trial finished training, and what to change. ``budget_of``: the
+    baseline whose latency is the budget (then a larger budget is a slower baseline, not --budget-ms)."""
     if not rows:
         return "no trial ran: raise --trials"
     over = [r for r in rows if r.feasible is False]
@@ -115,9 +117,11 @@ def why_no_best(rows: list[TrialRow], budget_ms: float | None, budget_macs: floa
     if over:
         fastest = min(over, key=lambda r: r.latency_ms if r.latency_ms is not None else math.inf)
         limit = f" (budget {budget_ms:g} ms)" if budget_ms is not None else ""
+        larger = (f"a slower --budget-of baseline than {budget_of} (or --budget-ms in a new study)" if budget_of
+                  else "a larger --budget-ms")
         macs = f", {fastest.macs / 1e6:.1f} MMACs (budget {budget_macs / 1e6:.1f})" if budget_macs and fastest.macs else ""
         parts.append(f"{len(over)} of {len(rows)} trials were over the budget; the fastest, {fastest.label}, measured "
-                     f"{fastest.latency_ms:.3f} ms{limit}{macs}. Try a larger --budget-ms, a smaller space (--space), "
+                     f"{fastest.latency_ms:.3f} ms{limit}{macs}. Try {larger}, a smaller space (--space), "
                      "a lighter stem or lower --resolution, or a faster runtime")
     if diverged:
         parts.append(f"{len(diverged)} trials diverged (non-finite loss): lower --lr or use --optimizer adamw")

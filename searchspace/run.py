@@ -344,7 +344,7 @@ def write_outputs(config: SearchConfig, study: optuna.Study, trained_trials: int
     if best is None:
         for name in ("best.json", "best.pt", "best_deploy.pt"):  # never leave an earlier winner as this one
             (out / name).unlink(missing_ok=True)
-        console.log(report.why_no_best(rows, config.budget_ms, config.budget_macs))
+        console.log(report.why_no_best(rows, config.budget_ms, config.budget_macs, config.budget_of))
         return SearchResult(config.study_name, out, finished, trained_trials, best, front, config.budget_ms)
     classes = int(study.user_attrs.get("definition", {}).get("num_classes", 0)) or None
     warning = _chance_warning(best.accuracy, classes)

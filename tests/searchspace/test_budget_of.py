@@ -193,3 +193,13 @@ def test_with_budget_of_trials_use_a_latency_cache_of_the_studys_own(tmp_path: P
     assert config.latency_cache == config.out_dir / "latency.sqlite"
     assert dataclasses.replace(config, budget_of=None, budget_ms=1.0).latency_cache is None  # the shared default
     assert dataclasses.replace(config, cache_path=str(tmp_path / "x.sqlite")).latency_cache == tmp_path / "x.sqlite"
+
+
+def test_with_nothing_feasible_the_hint_names_the_budget_of_baseline_not_budget_ms() -> None:
+    from searchspace.report import TrialRow, why_no_best
+
+    rows = [TrialRow(0, REFERENCE, "FAIL", True, None, 1.0, 1, 1, "fasternet", None, None, "diverged: loss nan"),
+            TrialRow(1, "trial 1", "PRUNED", False, None, 2.0, 1, 1, "dscnn", None, None)]
+    relative = why_no_best(rows, 1.0, None, budget_of=REFERENCE)
+    assert f"Try a slower --budget-of baseline than {REFERENCE}" in relative and "larger --budget-ms" not in relative
+    assert "Try a larger --budget-ms" in why_no_best(rows, 1.0, None)
