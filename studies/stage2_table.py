@@ -44,17 +44,24 @@ def summary_row(candidate: dict[str, Any], runs: list[dict[str, Any]], latency: 
 def winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The searched model the study hands on (retrain, prune, export and the verdict all take this one):
     best stage-2 validation mean among searched rows that fit the budget, else among all searched rows."""
-    searched = [r for r in rows if not r["baseline"] and r["val_mean"] is not None]
-    pool = [r for r in searched if r["fits"]] or searched
-    return max(pool, key=lambda r: (r["val_mean"], -r["trial"])) if pool else None
+    searched = _searched(rows)
+    return _best_by_validation([r for r in searched if r["fits"]] or searched)
 
 
 def _searched_at_most(rows: list[dict[str, Any]], latency_ms: float) -> dict[str, Any] | None:
-    """The searched row a user would take at no more than ``latency_ms``: best stage-2 validation mean
-    (ties: lower trial, as `winner`), never test. Only the measured latency filters, not ``fits``: a
-    baseline that fits is within the budget, so any row at or below its latency is too (``fits`` is
-    ``latency_ms <= budget_ms``), and the budget exists only to bound latency."""
-    pool = [r for r in rows if not r["baseline"] and r["val_mean"] is not None and r["latency_ms"] <= latency_ms]
+    """The searched row a user would take at no more than ``latency_ms``, chosen as `winner` chooses, never
+    by test. Only the measured latency filters, not ``fits``: a baseline that fits is within the budget, so
+    any row at or below its latency is too (``fits`` is ``latency_ms <= budget_ms``), and the budget
+    exists only to bound latency."""
+    return _best_by_validation([r for r in _searched(rows) if r["latency_ms"] <= latency_ms])
+
+
+def _searched(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if not r["baseline"] and r["val_mean"] is not None]
+
+
+def _best_by_validation(pool: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Best stage-2 validation mean; ties: the lower trial number."""
     return max(pool, key=lambda r: (r["val_mean"], -r["trial"])) if pool else None
 
 
