@@ -241,14 +241,15 @@ def _say_once(console: Console | None) -> Callable[[str], None] | None:
 
 
 def make_measure(config: SearchConfig, resolution: int, console: Console | None = None, *,
-                 fresh: bool = False) -> Callable[[torch.nn.Module], TrialCost]:
+                 fresh: bool = False, lock: DeviceLock | None = None) -> Callable[[torch.nn.Module], TrialCost]:
     """A model's deploy cost as trials record it, timed under the device lock, through the latency cache.
     ``fresh``: timed now whatever the cache holds (the cache is left as it is), with a warning when the
     cache holds a timing of the same graph more than `DRIFT_FACTOR` away: the machine runs at another
-    speed than when the cache was filled, so cached timings of other models are not comparable."""
+    speed than when the cache was filled, so cached timings of other models are not comparable.
+    ``lock``: the device lock to time under (default: a new one on ``config.device_lock``)."""
     cache = MeasureCache(config.latency_cache)
     latency = config.latency.replace(resolution=resolution)
-    lock = DeviceLock(config.device_lock, device=config.latency.device, on_wait=_say_once(console))
+    lock = lock or DeviceLock(config.device_lock, device=config.latency.device, on_wait=_say_once(console))
 
     def measure(model: torch.nn.Module) -> TrialCost:
         with lock.measuring():  # never while a training runs on this machine (searchspace.device_lock)
@@ -284,7 +285,7 @@ def build_objective(config: SearchConfig, data: ImageDataset, console: Console |
         reference_cost=reference[1] if reference else None,
     )
     lock = DeviceLock(config.device_lock, device=config.latency.device, on_wait=_say_once(console))
-    measure = make_measure(config, settings.resolution, console)
+    measure = make_measure(config, settings.resolution, console, lock=lock)  # one lock: one "waiting" message
 
     @functools.cache
     def data_on_device() -> ImageDataset:
