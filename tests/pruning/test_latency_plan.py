@@ -18,9 +18,10 @@ from pruning.groups import find_groups
 from pruning.latency_table import LatencyTable, build_table
 from pruning.macs import CostModel
 from pruning.magnitude import main as magnitude_main
+from tests.pruning.fake_latency import fake_latency
 from tests.pruning.test_calibration import SIZE, _layer_ms, _whole_ms
-from tests.pruning.test_latency_target import Small, _bench_lock, _fake_timing
-from tests.pruning.test_magnitude import DATA, _quick_table
+from tests.pruning.test_latency_target import Small, _fake_timing
+from tests.pruning.test_magnitude import DATA
 from tests.pruning.tiny import tiny_overrides
 
 
@@ -41,7 +42,7 @@ def test_runs_given_one_plan_file_measure_once_and_plan_against_one_budget(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pruning.run, "compare_latency", _fake_timing(0.2))  # every pruned model meets the target
     monkeypatch.setattr(pruning.latency_table, "snap_width", lambda model, group, width, example, measure: width)
-    _quick_table(monkeypatch)
+    fake_latency(monkeypatch)
     tables: list[int] = []
     real = pruning.run.build_table
 
@@ -55,7 +56,7 @@ def test_runs_given_one_plan_file_measure_once_and_plan_against_one_budget(
     retries: list[dict[str, Any]] = []
 
     def harness(settings: LatencySettings, lock: Any = None, busy: list[bool] | None = None, **retry: Any) -> Any:
-        measure = real_harness(settings, lock)  # the machine's real busy flags are not this test's subject
+        measure = real_harness(settings, lock)  # busy flags come from ``machine_busy`` below
         retries.append(retry)
 
         def flagged(model: torch.nn.Module) -> float:
@@ -72,7 +73,7 @@ def test_runs_given_one_plan_file_measure_once_and_plan_against_one_budget(
 
     def run(name: str, target: str) -> dict[str, Any]:
         out = tmp_path / f"{name}.pt"
-        with _bench_lock(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             code = magnitude_main([str(ckpt), "--target-latency", target, "--no-progress", "--finetune-epochs", "1",
                                    "--latency-plan", str(plan), "--out", str(out), *DATA])

@@ -24,6 +24,7 @@ from pruning.latency_table import LatencyCost, build_table, candidate_widths, ha
 from pruning.resrep import main
 from pruning.surgery import remove_channels
 from pruning.targets import parse_latency_target
+from tests.pruning.fake_latency import fake_latency
 from tests.pruning.tiny import tiny_overrides
 
 BENCH_LOCK = "/tmp/repnas-cpu-bench.lock"  # the shared machine's timing lock
@@ -155,10 +156,11 @@ def test_latency_run_reports_against_the_target_and_a_miss_writes_nothing(
 
     monkeypatch.setattr(pruning.run, "compare_latency", _fake_timing(after_factor))
     monkeypatch.setattr(pruning.latency_table, "snap_width", lambda model, group, width, example, measure: width)
+    fake_latency(monkeypatch)
     torch.manual_seed(0)
     ckpt = dscnn.save_checkpoint(tmp_path / "resnet20.pt", dscnn.create_model("resnet20", **tiny_overrides("resnet20")))
     out = tmp_path / "pruned.pt"
-    with _bench_lock(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         knobs = ["--warmup-epochs", "0"] if method == "resrep" else ["--steps", "0.95"]
         got = (main if method == "resrep" else csgd_main)(

@@ -16,6 +16,7 @@ from pruning.groups import find_groups
 from pruning.macs import CostModel
 from pruning.magnitude import Magnitude
 from pruning.magnitude import main as magnitude_main
+from tests.pruning.fake_latency import fake_latency
 from tests.pruning.test_latency_target import _bench_lock, _fake_timing
 from tests.pruning.tiny import tiny_overrides
 
@@ -108,23 +109,11 @@ def test_bad_targets_and_runtimes_exit_2_in_one_line_writing_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet20.pt"]
 
 
-def _quick_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Time the latency table with a few runs: these tests check the decisions, not the timings."""
-    import pruning.latency_table
-    import pruning.run
-
-    harness = pruning.latency_table.harness
-    monkeypatch.setattr(pruning.run, "harness", lambda settings, lock=None, busy=None, **retry: harness(
-        settings.replace(runs=5, warmup=1, repeats=1), lock, busy, **retry))
-    monkeypatch.setattr(pruning.latency_table, "LAYER_RUNS", 3)
-    monkeypatch.setattr(pruning.latency_table, "LAYER_WARMUP", 1)
-
-
 def test_a_latency_below_one_channel_per_layer_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    _quick_table(monkeypatch)
+    fake_latency(monkeypatch)
     ckpt = _checkpoint(tmp_path)
-    with _bench_lock(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code = magnitude_main([str(ckpt), "--target-latency", "0.0001ms", "--no-progress", *DATA])
     err = capsys.readouterr().err.strip().splitlines()
@@ -141,11 +130,11 @@ def test_latency_target_met_is_reported_and_a_miss_writes_nothing(
 
     monkeypatch.setattr(pruning.run, "compare_latency", _fake_timing(after_factor))
     monkeypatch.setattr(pruning.latency_table, "snap_width", lambda model, group, width, example, measure: width)
-    _quick_table(monkeypatch)
-    torch.manual_seed(0)  # wide enough that a cut saves more than the call overhead: 0.9x is reachable
+    fake_latency(monkeypatch)
+    torch.manual_seed(0)
     ckpt = dscnn.save_checkpoint(tmp_path / "resnet20.pt", dscnn.create_model("resnet20", **tiny_overrides("resnet20")))
     out = tmp_path / "pruned.pt"
-    with _bench_lock(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = magnitude_main([str(ckpt), "--target-latency", "0.9x", "--no-progress", "--finetune-epochs", "1",
                               "--out", str(out), *DATA])
@@ -186,18 +175,9 @@ def test_the_before_after_latency_runs_in_the_chosen_runtime(tmp_path: Path, cap
 def test_the_latency_table_is_measured_in_the_chosen_runtime(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Every timing behind a latency target (table, calibration, snapping) runs in ``--runtime``."""
-    import pruning.latency_table
     import pruning.run
-    from dscnn.latency import LatencyResult
 
-    runtimes: list[str] = []
-
-    def fake_measure(model: nn.Module, settings: object) -> LatencyResult:  # ms grows with the weights
-        runtimes.append(settings.runtime)  # type: ignore[attr-defined]
-        ms = 0.01 + 1e-5 * sum(p.numel() for p in model.parameters())
-        return LatencyResult(ms, ms, ms, (ms,), 1000 / ms, None, 1, False)
-
-    monkeypatch.setattr(pruning.latency_table, "measure_latency_ms", fake_measure)
+    runtimes = fake_latency(monkeypatch)
     monkeypatch.setattr(pruning.run, "compare_latency", _fake_timing(0.2))
     torch.manual_seed(0)
     ckpt = dscnn.save_checkpoint(tmp_path / "resnet20.pt", dscnn.create_model("resnet20", **tiny_overrides("resnet20")))
