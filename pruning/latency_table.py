@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dscnn.latency import LatencyResult, LatencySettings, measure_latency_ms
+from dscnn.timing_retry import retry_until
 from pruning.groups import ChannelGroup
 from pruning.macs import CostModel, CostState
 from pruning.surgery import remove_channels
@@ -79,10 +79,8 @@ def harness(settings: LatencySettings, lock: DeviceLock | None = None, busy: lis
             return measure_latency_ms(model, settings)
 
     def measure(model: nn.Module) -> float:
-        results = [timed(model)]
-        while not results[-1].trusted and len(results) <= untrusted_retries:
-            time.sleep(BUSY_PAUSE_S if pause_s is None else pause_s)
-            results.append(timed(model))
+        results = retry_until(lambda: timed(model), lambda r: r.trusted, untrusted_retries + 1,
+                              BUSY_PAUSE_S if pause_s is None else pause_s)
         result = results[-1] if results[-1].trusted else min(results, key=lambda r: r.median_ms)
         if busy is not None:
             busy.append(result.busy)

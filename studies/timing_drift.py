@@ -18,9 +18,10 @@ side run is for, and the median ignores it.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
+
+from dscnn.timing_retry import retry_until
 
 __all__ = ["SLOWED", "TIMING_ATTEMPTS", "TIMING_PAUSE_S", "least_slowed", "slowdown", "slowed"]
 
@@ -50,18 +51,11 @@ def least_slowed(measure: Callable[[], T], factor_of: Callable[[T], float | None
     """``measure()`` taken again while its ``factor_of`` is `slowed`, up to `TIMING_ATTEMPTS` times
     `TIMING_PAUSE_S` apart (``retrying(factor, attempt)`` is told before each pause, attempt counting
     from 2). Returns the least slowed result, its factor, and every attempt's factor."""
-    kept: tuple[float | None, T] | None = None
-    factors: list[float | None] = []
-    for attempt in range(TIMING_ATTEMPTS):
-        if attempt:
-            retrying(factors[-1] or 0.0, attempt + 1)
-            time.sleep(TIMING_PAUSE_S)
+    def take() -> tuple[T, float | None]:
         result = measure()
-        factor = factor_of(result)
-        factors.append(factor)
-        if kept is None or (factor or 0.0) < (kept[0] or 0.0):
-            kept = factor, result
-        if not slowed(factor):
-            break
-    assert kept is not None
-    return kept[1], kept[0], factors
+        return result, factor_of(result)
+
+    attempts = retry_until(take, lambda attempt: not slowed(attempt[1]), TIMING_ATTEMPTS, TIMING_PAUSE_S,
+                           lambda last, attempt: retrying(last[1] or 0.0, attempt))
+    result, factor = min(attempts, key=lambda attempt: attempt[1] or 0.0)  # the first of the least slowed
+    return result, factor, [f for _, f in attempts]
