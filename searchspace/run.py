@@ -33,7 +33,7 @@ from dscnn.measure_cache import MeasureCache
 from dscnn.runtimes import check_runtime
 from dscnn.train import TrainingDiverged, resolve_device, train_and_evaluate
 from searchspace import report
-from searchspace.budget_of import reference_cost, resolve_budget
+from searchspace.budget_of import BUDGET_OF_ATTR, DRIFT_FACTOR, reference_cost, resolve_budget
 from searchspace.comparison import print_comparison
 from searchspace.config import SearchConfig
 from searchspace.device_lock import DeviceLock
@@ -149,8 +149,10 @@ def prepare_search(config: SearchConfig, console: Console) -> tuple[BoundedStudy
         if DEFINITION_ATTR in study.user_attrs:
             check_definition(study, wanted, config)  # a mismatch is refused before anything is timed or stored
         if config.budget_of:  # timed afresh (the budget is today's speed, not the cache's), before anything is written
-            config = resolve_budget(config, study, make_measure(config, resolution, console, fresh=True),
-                                    data.num_classes, resolution, say=console.log)
+            # on a resume resolve_budget itself says when the speed moved: no second warning from the cache
+            measure = make_measure(config, resolution, console, fresh=True,
+                                   warn_drift=BUDGET_OF_ATTR not in study.user_attrs)
+            config = resolve_budget(config, study, measure, data.num_classes, resolution, say=console.log)
         check_definition(study, wanted, config)
         claim_output_folder(config, is_new)
         orphans = fail_orphaned_trials(study)
@@ -241,11 +243,13 @@ def _say_once(console: Console | None) -> Callable[[str], None] | None:
 
 
 def make_measure(config: SearchConfig, resolution: int, console: Console | None = None, *,
-                 fresh: bool = False, lock: DeviceLock | None = None) -> Callable[[torch.nn.Module], TrialCost]:
+                 fresh: bool = False, warn_drift: bool = True,
+                 lock: DeviceLock | None = None) -> Callable[[torch.nn.Module], TrialCost]:
     """A model's deploy cost as trials record it, timed under the device lock, through the latency cache.
     ``fresh``: timed now whatever the cache holds (the cache is left as it is), with a warning when the
     cache holds a timing of the same graph more than `DRIFT_FACTOR` away: the machine runs at another
-    speed than when the cache was filled, so cached timings of other models are not comparable.
+    speed than when the cache was filled, so cached timings of other models are not comparable
+    (``warn_drift=False``: no such warning, for a caller that judges the drift itself).
     ``lock``: the device lock to time under (default: a new one on ``config.device_lock``)."""
     cache = MeasureCache(config.latency_cache)
     latency = config.latency.replace(resolution=resolution)
@@ -256,7 +260,7 @@ def make_measure(config: SearchConfig, resolution: int, console: Console | None 
             cost = measure_deploy_cost(model, latency, cache=None if fresh else cache)
         assert cost.latency is not None
         hit = cache.get(cost.arch_key, latency) if fresh else None
-        if hit is not None and console is not None:
+        if hit is not None and console is not None and warn_drift:
             ratio = cost.latency.median_ms / float(hit["median_ms"])
             if not 1 / DRIFT_FACTOR <= ratio <= DRIFT_FACTOR:
                 console.log(f"[yellow]warning:[/yellow] this graph times {cost.latency.median_ms:.3f} ms now and "
@@ -315,7 +319,6 @@ def _best_value(study: optuna.Study) -> float | None:
     return max((r.accuracy for r in rows if r.accuracy is not None), default=None)
 
 
-DRIFT_FACTOR = 1.2  # a fresh timing this far from the cached one of the same graph: the machine's speed moved
 WORKERS_JOINED_ATTR = "workers_joined"  # study system attribute: worker processes that have opened the study
 VAL_IMAGES_ATTR = "val_images"  # study user attribute: size of the validation split trials are scored on
 CHANCE_MARGIN = 0.05  # a best accuracy within this of chance (1 / classes) is reported as noise

@@ -49,12 +49,27 @@ def _resolve(tmp_path: Path, timings: _Timings, study: optuna.Study, said: list[
 
 def test_the_reference_is_timed_once_and_every_later_worker_reads_that_timing(tmp_path: Path) -> None:
     study = optuna.create_study()
-    timings = _Timings(_cost(1.25))
+    timings = _Timings(_cost(1.25), _cost(1.3))
+    said: list[str] = []
     assert _resolve(tmp_path, timings, study) == 1.25
-    assert _resolve(tmp_path, timings, study) == 1.25  # a resumed or second worker: no new timing
-    assert timings.calls == 1
+    assert _resolve(tmp_path, timings, study, said) == 1.25  # a resumed or second worker: the stored number ...
+    assert timings.calls == 2 and said == []  # ... after one check timing, at the same speed: nothing to say
     name, cost = reference_cost(study) or ("", None)
     assert name == REFERENCE and cost is not None and cost.latency_ms == 1.25
+
+
+@pytest.mark.parametrize(("now", "warned"), [(_cost(1.6), "1.60x as slow, so fewer new trials fit"),
+                                             (_cost(0.7), "0.70x as slow, so more new trials fit"),
+                                             (_cost(1.19), None), (_cost(3.0, busy=True), None)])
+def test_a_resume_at_another_speed_keeps_the_stored_budget_and_says_so(
+        tmp_path: Path, now: TrialCost, warned: str | None) -> None:
+    study, said = optuna.create_study(), list[str]()
+    _resolve(tmp_path, _Timings(_cost(1.0)), study)
+    assert _resolve(tmp_path, _Timings(now), study, said) == 1.0  # the trials already judged stay comparable
+    if warned is None:  # within DRIFT_FACTOR, or busy (a busy timing says nothing about the speed)
+        assert said == []
+    else:
+        assert len(said) == 1 and warned in said[0] and "stored 1.000 ms" in said[0], said
 
 
 def test_a_busy_reference_timing_is_retried_and_a_quiet_one_taken(tmp_path: Path) -> None:
@@ -157,6 +172,9 @@ def test_the_reference_is_timed_afresh_and_a_cache_from_another_speed_is_named(t
     fresh = make_measure(config, 32, Console(file=out, width=400), fresh=True)(model)
     assert fresh.latency_ms < 10 * cached.latency.median_ms  # timed now, not read from the cache
     assert "in the latency cache" in out.getvalue() and "give --cache a new file" in out.getvalue()
+    quiet = io.StringIO()  # a resume: resolve_budget judges the drift against the stored budget itself
+    make_measure(config, 32, Console(file=quiet, width=400), fresh=True, warn_drift=False)(model)
+    assert "latency cache" not in quiet.getvalue()
     left = cache.get(cached.arch_key, settings)
     assert left is not None and left["median_ms"] == stale["median_ms"]  # the cache is left as it was
 
